@@ -1,0 +1,350 @@
+//! Splitting a daemon's byte stream into bounded lines, and framing them.
+//!
+//! This module does no I/O: bytes go in, lines come out. It is the part of
+//! sidecar-init that sees arbitrary bytes from programs we do not control, so
+//! it is small, allocation-bounded and fuzzed (`fuzz/`).
+
+/// The smallest line limit [`LineSplitter`] accepts: room for one UTF-8
+/// character of the longest kind, so a split always makes progress.
+pub const MIN_LINE_MAX: usize = 4;
+
+/// Splits a byte stream into lines of at most `max` bytes.
+///
+/// Contract:
+/// - A line ends at `\n`; the terminator is not part of the emitted line.
+///   `\r` is ordinary data. An empty line (`\n\n`) is emitted as empty.
+/// - A line longer than `max` bytes is emitted as several pieces of at most
+///   `max` bytes each. A cut never falls inside an incomplete UTF-8 sequence
+///   when moving it back (by at most 3 bytes) avoids that, so a valid
+///   multi-byte character is never torn in two.
+/// - The same bytes give the same lines however they are chunked into
+///   [`feed`](Self::feed) calls.
+/// - No byte is dropped or invented: the emitted lines, each followed by
+///   `\n` except pieces of a split line and a final unterminated line, are
+///   exactly the input.
+/// - A last line without a terminator is held until [`finish`](Self::finish).
+/// - Memory held between calls is at most `max` bytes.
+#[derive(Debug)]
+pub struct LineSplitter {
+    /// Bytes of the current line that arrived in earlier `feed` calls.
+    /// Invariant: holds no `\n` and at most `max` bytes.
+    partial: Vec<u8>,
+    /// The line limit; at least [`MIN_LINE_MAX`].
+    max: usize,
+}
+
+impl LineSplitter {
+    /// A splitter with line limit `max` (raised to [`MIN_LINE_MAX`] if lower).
+    pub fn new(max: usize) -> Self {
+        LineSplitter {
+            partial: Vec::new(),
+            max: max.max(MIN_LINE_MAX),
+        }
+    }
+
+    /// The line limit in bytes.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// How many bytes of an unfinished line are held.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Consumes `data`, calling `emit` with every line it completes.
+    pub fn feed(&mut self, mut data: &[u8], mut emit: impl FnMut(&[u8])) {
+        while !data.is_empty() {
+            // The current line may take `room` more bytes before it is too long;
+            // a newline right after them still ends a line of exactly `max`.
+            let room = self.max - self.partial.len();
+            let window = &data[..data.len().min(room + 1)];
+            if let Some(i) = find_newline(window) {
+                if self.partial.is_empty() {
+                    emit(&data[..i]);
+                } else {
+                    self.partial.extend_from_slice(&data[..i]);
+                    emit(&self.partial);
+                    self.partial.clear();
+                }
+                data = &data[i + 1..];
+            } else if data.len() > room {
+                // More than `max` bytes without a newline: emit a piece.
+                if self.partial.is_empty() {
+                    let cut = utf8_safe_cut(&data[..self.max]);
+                    emit(&data[..cut]);
+                    data = &data[cut..];
+                } else {
+                    self.partial.extend_from_slice(&data[..room]);
+                    data = &data[room..];
+                    let cut = utf8_safe_cut(&self.partial);
+                    emit(&self.partial[..cut]);
+                    self.partial.drain(..cut);
+                }
+            } else {
+                self.partial.extend_from_slice(data);
+                return;
+            }
+        }
+    }
+
+    /// Ends the stream: emits the unterminated last line, if any, and
+    /// releases the memory held for it.
+    pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            emit(&self.partial);
+        }
+        self.partial = Vec::new();
+    }
+}
+
+/// Where to cut a too-long line whose first `max` bytes are `head`: at
+/// `head.len()`, or up to 3 bytes earlier so that a UTF-8 sequence that
+/// `head` starts but does not finish moves whole to the next piece.
+fn utf8_safe_cut(head: &[u8]) -> usize {
+    let len = head.len();
+    // Look back over at most 3 bytes for the lead byte of the last sequence.
+    for back in 1..=3.min(len - 1) {
+        let b = head[len - back];
+        if b & 0xC0 == 0x80 {
+            continue; // a continuation byte: keep looking for its lead
+        }
+        let needed = match b {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return len, // ASCII or an invalid byte: nothing to keep whole
+        };
+        return if needed > back { len - back } else { len };
+    }
+    len
+}
+
+/// The index of the first `\n` in `haystack`.
+#[inline]
+pub fn find_newline(haystack: &[u8]) -> Option<usize> {
+    // The C library's memchr is vectorised; a byte loop is several times
+    // slower on long lines.
+    let found = unsafe {
+        // SAFETY: the pointer and length describe one live, initialised slice.
+        nix::libc::memchr(haystack.as_ptr().cast(), b'\n' as i32, haystack.len())
+    };
+    if found.is_null() {
+        None
+    } else {
+        Some(found as usize - haystack.as_ptr() as usize)
+    }
+}
+
+/// Appends `prefix`, `line` with invalid UTF-8 replaced by U+FFFD (as
+/// `String::from_utf8_lossy` does), and `\n` to `out`.
+pub fn push_framed(out: &mut Vec<u8>, prefix: &[u8], line: &[u8]) {
+    out.extend_from_slice(prefix);
+    if std::str::from_utf8(line).is_ok() {
+        out.extend_from_slice(line);
+    } else {
+        for chunk in line.utf8_chunks() {
+            out.extend_from_slice(chunk.valid().as_bytes());
+            if !chunk.invalid().is_empty() {
+                out.extend_from_slice(
+                    char::REPLACEMENT_CHARACTER
+                        .encode_utf8(&mut [0; 4])
+                        .as_bytes(),
+                );
+            }
+        }
+    }
+    out.push(b'\n');
+}
+
+/// The most bytes [`push_framed`] can append for the lines completed by
+/// feeding `input` new bytes to a splitter holding `buffered` bytes, with a
+/// prefix of `prefix` bytes (plus a final [`LineSplitter::finish`]).
+///
+/// Every emitted line but those holding `buffered` bytes (at most two, as
+/// pieces are at least `MIN_LINE_MAX - 3` bytes and lines at most
+/// `max >= buffered`) consumes at least one new byte, and replacement
+/// at most triples the bytes of a line.
+pub fn framed_bound(buffered: usize, input: usize, prefix: usize) -> usize {
+    (input + 3) * (prefix + 1) + 3 * (buffered + input)
+}
+
+/// The most new bytes that may be fed to a splitter holding `buffered`
+/// bytes so that the framed output fits in `room` bytes: the inverse of
+/// [`framed_bound`].
+pub fn input_allowance(room: usize, buffered: usize, prefix: usize) -> usize {
+    let fixed = 3 * (prefix + 1) + 3 * buffered;
+    room.saturating_sub(fixed) / (prefix + 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(max: usize, chunks: &[&[u8]]) -> (Vec<Vec<u8>>, usize) {
+        let mut s = LineSplitter::new(max);
+        let mut lines = Vec::new();
+        for c in chunks {
+            s.feed(c, |l| lines.push(l.to_vec()));
+        }
+        let held = s.buffered();
+        s.finish(|l| lines.push(l.to_vec()));
+        (lines, held)
+    }
+
+    fn lines(max: usize, chunks: &[&[u8]]) -> Vec<Vec<u8>> {
+        split(max, chunks).0
+    }
+
+    #[test]
+    fn splits_on_newline_and_keeps_empty_lines() {
+        assert_eq!(
+            lines(64, &[b"a\n\nbc\n"]),
+            vec![b"a".to_vec(), vec![], b"bc".to_vec()]
+        );
+    }
+
+    #[test]
+    fn carriage_return_is_data() {
+        assert_eq!(lines(64, &[b"a\r\n"]), vec![b"a\r".to_vec()]);
+    }
+
+    #[test]
+    fn last_line_without_newline_waits_for_finish() {
+        let mut s = LineSplitter::new(64);
+        let mut got = Vec::new();
+        s.feed(b"one\ntwo", |l| got.push(l.to_vec()));
+        assert_eq!(got, vec![b"one".to_vec()]);
+        assert_eq!(s.buffered(), 3);
+        s.finish(|l| got.push(l.to_vec()));
+        assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn a_line_across_chunks_is_joined() {
+        assert_eq!(
+            lines(64, &[b"he", b"ll", b"o\nx"]),
+            vec![b"hello".to_vec(), b"x".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_line_of_exactly_max_is_one_line() {
+        assert_eq!(lines(4, &[b"abcd\n"]), vec![b"abcd".to_vec()]);
+        assert_eq!(lines(4, &[b"ab", b"cd", b"\n"]), vec![b"abcd".to_vec()]);
+    }
+
+    #[test]
+    fn a_long_line_is_split_without_losing_bytes() {
+        assert_eq!(
+            lines(4, &[b"abcdefghij\n"]),
+            vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]
+        );
+        assert_eq!(
+            lines(4, &[b"abc", b"defg", b"hij\n"]),
+            vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]
+        );
+    }
+
+    #[test]
+    fn held_bytes_never_exceed_max() {
+        let (_, held) = split(8, &[b"abcdefgh"]);
+        assert_eq!(held, 8);
+        let (_, held) = split(8, &[b"abcdefg", b"hijklmnopq"]);
+        assert!(held <= 8);
+    }
+
+    #[test]
+    fn a_split_does_not_tear_a_utf8_character() {
+        // "é" is two bytes; a cut after 5 bytes would fall inside it.
+        let text = "abcdé!\n".as_bytes();
+        assert_eq!(
+            lines(5, &[text]),
+            vec![b"abcd".to_vec(), "é!".as_bytes().to_vec()]
+        );
+        // A four-byte character straddling the cut.
+        let text = "ab😀cd\n".as_bytes();
+        assert_eq!(
+            lines(4, &[text]),
+            vec![b"ab".to_vec(), "😀".as_bytes().to_vec(), b"cd".to_vec()]
+        );
+    }
+
+    #[test]
+    fn invalid_bytes_are_cut_at_the_limit() {
+        assert_eq!(
+            lines(4, &[b"\xff\xff\xff\xff\xff\n"]),
+            vec![b"\xff\xff\xff\xff".to_vec(), b"\xff".to_vec()]
+        );
+    }
+
+    #[test]
+    fn chunking_does_not_change_lines() {
+        let input: Vec<u8> = "x\nhello wörld, a rather long line 😀😀😀\n\n\u{fffd}tail"
+            .bytes()
+            .chain([0xff, 0xc3, b'\n', 0xe2, 0x82])
+            .collect();
+        for max in [4, 5, 7, 16, 1000] {
+            let whole = lines(max, &[&input]);
+            for size in 1..input.len() {
+                let chunks: Vec<&[u8]> = input.chunks(size).collect();
+                assert_eq!(lines(max, &chunks), whole, "max {max} chunk size {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn framing_replaces_invalid_utf8() {
+        let mut out = Vec::new();
+        push_framed(&mut out, b"[a] ", b"ok \xff\xfe end");
+        assert_eq!(out, "[a] ok \u{fffd}\u{fffd} end\n".as_bytes());
+        out.clear();
+        push_framed(&mut out, b"[a] ", b"");
+        assert_eq!(out, b"[a] \n");
+    }
+
+    #[test]
+    fn framed_output_stays_within_the_bound() {
+        let prefix = b"[some-daemon] ";
+        let worst: [&[u8]; 4] = [b"\n", b"\xff\n", b"\xff", b"\xe2\x82\n"];
+        for max in [4, 64, 1024] {
+            for pattern in worst {
+                for buffered in [0usize, 1, max] {
+                    let mut s = LineSplitter::new(max);
+                    let mut out = Vec::new();
+                    s.feed(&vec![0xff; buffered], |l| push_framed(&mut out, prefix, l));
+                    out.clear();
+                    let held = s.buffered();
+                    let input: Vec<u8> = pattern.iter().copied().cycle().take(4096).collect();
+                    s.feed(&input, |l| push_framed(&mut out, prefix, l));
+                    s.finish(|l| push_framed(&mut out, prefix, l));
+                    assert!(
+                        out.len() <= framed_bound(held, input.len(), prefix.len()),
+                        "max {max} pattern {pattern:?} held {held}: {} bytes",
+                        out.len()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn allowance_inverts_the_bound() {
+        for room in [0, 100, 4096, 262_144] {
+            for buffered in [0, 10, 65_536] {
+                let n = input_allowance(room, buffered, 9);
+                if n > 0 {
+                    assert!(framed_bound(buffered, n, 9) <= room);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn find_newline_matches_a_byte_search() {
+        for s in [&b""[..], b"\n", b"abc", b"abc\ndef\n", &[b'x'; 100]] {
+            assert_eq!(find_newline(s), s.iter().position(|&b| b == b'\n'));
+        }
+    }
+}

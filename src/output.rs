@@ -1,0 +1,248 @@
+//! sidecar-init's stdout: one bounded buffer of whole lines, written without
+//! ever blocking the event loop, and the logger that feeds it.
+//!
+//! Daemon lines and sidecar-init's own log lines share the buffer, so they
+//! reach the log in the order they were produced. While the buffer is full
+//! the event loop stops reading daemon pipes (the daemons feel ordinary pipe
+//! backpressure); signals, reaping and deadlines go on. If the reader closes
+//! stdout, output is discarded from then on.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Mutex;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+
+/// The buffer size below which daemon output is no longer read. Large
+/// enough for 4 full-size reads per wake-up, small enough to stay cheap.
+pub const DEFAULT_CAPACITY: usize = 256 * 1024;
+
+/// Where the lines go and how.
+#[derive(Debug)]
+pub struct Output {
+    /// The descriptor written to: 1, or a private reopening of the terminal.
+    fd: RawFd,
+    /// Keeps a private reopening open.
+    _owned: Option<OwnedFd>,
+    /// Flags of fd 1 to put back at exit, when we changed them.
+    restore: Option<OFlag>,
+    /// Whole framed lines not yet written. Kept under `capacity` by the
+    /// event loop, except for sidecar-init's own (few, short) lines.
+    buf: Vec<u8>,
+    capacity: usize,
+    /// Writes never block; `writable` tracks readiness.
+    nonblocking: bool,
+    /// The last write did not hit `WouldBlock` (or the fd cannot be polled).
+    writable: bool,
+    /// The descriptor can be registered with epoll (regular files cannot).
+    pollable: bool,
+    /// Stdout is gone (EPIPE or closed): drop everything.
+    discard: bool,
+}
+
+impl Output {
+    /// Sets up fd 1 for non-blocking writes.
+    ///
+    /// O_NONBLOCK belongs to the open file description, which a terminal
+    /// shares with the shell that started us: there we reopen the terminal
+    /// through /proc to get a description of our own, and fall back to
+    /// blocking writes if that fails. A pipe or socket from the container
+    /// engine is ours alone; its flags are restored at exit all the same.
+    pub fn stdout(capacity: usize) -> Output {
+        let mut out = Output {
+            fd: 1,
+            _owned: None,
+            restore: None,
+            buf: Vec::with_capacity(capacity),
+            capacity,
+            nonblocking: false,
+            writable: true,
+            pollable: false,
+            discard: false,
+        };
+        let flags = match fcntl(io::stdout(), FcntlArg::F_GETFL) {
+            Ok(bits) => OFlag::from_bits_retain(bits),
+            Err(_) => {
+                out.discard = true; // fd 1 is closed
+                return out;
+            }
+        };
+        if nix::unistd::isatty(io::stdout()).unwrap_or(false) {
+            let reopened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+                .open("/proc/self/fd/1");
+            if let Ok(file) = reopened {
+                let fd = OwnedFd::from(file);
+                out.fd = fd.as_raw_fd();
+                out._owned = Some(fd);
+                out.nonblocking = true;
+                out.pollable = true;
+            }
+        } else if flags.contains(OFlag::O_NONBLOCK)
+            || fcntl(io::stdout(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).is_ok()
+        {
+            if !flags.contains(OFlag::O_NONBLOCK) {
+                out.restore = Some(flags);
+            }
+            out.nonblocking = true;
+            out.pollable = true;
+        }
+        out
+    }
+
+    /// Registers for write readiness. A descriptor epoll refuses (a regular
+    /// file) is always writable.
+    pub fn register(&mut self, registry: &Registry, token: Token) {
+        if self.pollable
+            && registry
+                .register(&mut SourceFd(&self.fd), token, Interest::WRITABLE)
+                .is_err()
+        {
+            self.pollable = false;
+        }
+        if !self.pollable {
+            self.writable = true;
+        }
+    }
+
+    /// The descriptor reported write readiness.
+    pub fn set_writable(&mut self) {
+        self.writable = true;
+    }
+
+    /// Bytes that may still be appended before daemon output must wait.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.buf.len())
+    }
+
+    /// The buffer, for appending framed lines (see `lines::push_framed`).
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Unwritten bytes are waiting.
+    pub fn pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// A write may make progress now.
+    pub fn ready(&self) -> bool {
+        self.writable || !self.nonblocking
+    }
+
+    /// Moves queued log lines into the buffer, keeping their order relative
+    /// to the daemon lines around them.
+    pub fn absorb_log(&mut self) {
+        if let Ok(mut queue) = LOG_QUEUE.lock() {
+            if !queue.is_empty() {
+                self.buf.extend_from_slice(&queue);
+                queue.clear();
+            }
+        }
+    }
+
+    /// Writes as much as stdout takes without blocking.
+    pub fn flush(&mut self) {
+        self.absorb_log();
+        if self.discard {
+            self.buf.clear();
+            return;
+        }
+        let mut written = 0;
+        while written < self.buf.len() {
+            match nix::unistd::write(self.borrowed(), &self.buf[written..]) {
+                Ok(n) => written += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    self.writable = false;
+                    break;
+                }
+                Err(_) => {
+                    // EPIPE (the reader left) or another fatal error: from
+                    // now on output goes nowhere; supervision goes on.
+                    self.discard = true;
+                    self.buf.clear();
+                    return;
+                }
+            }
+        }
+        if written == self.buf.len() {
+            self.buf.clear();
+        } else {
+            self.buf.drain(..written);
+        }
+    }
+
+    fn borrowed(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: `fd` is 1 or owned by `_owned`; both outlive `self`.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) }
+    }
+
+    /// Puts fd 1's flags back as we found them.
+    pub fn restore(&mut self) {
+        if let Some(flags) = self.restore.take() {
+            let _ = fcntl(io::stdout(), FcntlArg::F_SETFL(flags));
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+/// Log lines waiting for the [`Output`] (or for [`write_log_now`]).
+static LOG_QUEUE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// Formats `sidecar-init: message` lines into the queue.
+struct Logger;
+
+static LOGGER: Logger = Logger;
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let tag = match record.level() {
+            Level::Error => "error: ",
+            Level::Debug | Level::Trace => "debug: ",
+            Level::Warn | Level::Info => "",
+        };
+        let line = format!("sidecar-init: {tag}{}\n", record.args());
+        if let Ok(mut queue) = LOG_QUEUE.lock() {
+            queue.extend_from_slice(line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger with the given level.
+pub fn init_logger(level: LevelFilter) {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
+
+/// Writes the queued log lines to stdout with ordinary blocking writes:
+/// for the moments before and after the event loop.
+pub fn write_log_now() {
+    use std::io::Write;
+    let bytes = match LOG_QUEUE.lock() {
+        Ok(mut queue) => std::mem::take(&mut *queue),
+        Err(_) => return,
+    };
+    let mut stdout = io::stdout().lock();
+    let _ = stdout.write_all(&bytes);
+    let _ = stdout.flush();
+}
