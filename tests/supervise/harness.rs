@@ -1,0 +1,432 @@
+//! Runs the real sidecar-init binary against real child processes.
+//!
+//! Every wait has a deadline; every failure prints the command and all the
+//! output captured so far.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The default deadline for anything a test waits for. Generous: the
+/// machines are shared and noisy, and a passing test never waits it out.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_sidecar-init")
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sidecar-init-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, contents).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How to start sidecar-init.
+pub struct Spec {
+    pub procfile: Option<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Run as PID 1 of a new PID namespace (`unshare --pid --fork --mount-proc`).
+    pub pid1: bool,
+    /// Start with these extra descriptors open (not close-on-exec).
+    pub leak_fds: bool,
+}
+
+impl Spec {
+    pub fn procfile(text: &str) -> Spec {
+        Spec {
+            procfile: Some(text.to_string()),
+            args: Vec::new(),
+            env: Vec::new(),
+            pid1: false,
+            leak_fds: false,
+        }
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Spec {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Spec {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn pid1(mut self) -> Spec {
+        self.pid1 = true;
+        self
+    }
+
+    pub fn leak_fds(mut self) -> Spec {
+        self.leak_fds = true;
+        self
+    }
+
+    pub fn start(self) -> Init {
+        Init::start(self)
+    }
+
+    /// Runs to completion (within the deadline) and returns the result.
+    pub fn run(self) -> (i32, String, Init) {
+        let mut init = self.start();
+        let code = init.wait_exit(DEADLINE);
+        let out = init.output();
+        (code, out, init)
+    }
+}
+
+/// Captured stdout, shared with the reader thread.
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    eof: bool,
+}
+
+/// A running sidecar-init.
+pub struct Init {
+    child: Child,
+    /// The pid sidecar-init itself has, seen from here (differs from the
+    /// child's pid when it runs under unshare).
+    pub pid: i32,
+    captured: Arc<(Mutex<Captured>, Condvar)>,
+    reader: Option<JoinHandle<()>>,
+    command: String,
+    pub dir: TempDir,
+    status: Option<ExitStatus>,
+}
+
+/// Whether this machine lets us run sidecar-init as PID 1 of a new PID
+/// namespace. Tests that need it skip loudly when it does not.
+pub fn can_unshare() -> Result<(), String> {
+    match Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "unshare --pid --fork --mount-proc failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("unshare not runnable: {e}")),
+    }
+}
+
+/// Prints a loud skip notice (test runners show it with --nocapture, and
+/// it is in the test's output either way).
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    println!("SKIPPED {test}: {why}");
+}
+
+impl Init {
+    fn start(spec: Spec) -> Init {
+        let dir = TempDir::new();
+        let mut args = spec.args.clone();
+        if let Some(text) = &spec.procfile {
+            let p = dir.write("Procfile", text);
+            args.insert(0, p.display().to_string());
+            args.insert(0, "--procfile".into());
+        }
+        let mut cmd;
+        if spec.pid1 {
+            cmd = Command::new("unshare");
+            cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", binary()]);
+        } else if spec.leak_fds {
+            // A shell opens descriptors 7 and 8 without close-on-exec and
+            // execs sidecar-init, which inherits them.
+            cmd = Command::new("sh");
+            cmd.args(["-c", "exec 7</dev/null 8>>\"$1\"; shift; exec \"$@\"", "sh"]);
+            cmd.arg(dir.path().join("leak"));
+            cmd.arg(binary());
+        } else {
+            cmd = Command::new(binary());
+        }
+        cmd.args(&args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        // Own process group, so a test's signals and kills never reach the
+        // test runner.
+        cmd.process_group(0);
+        let command = format!("{cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {command}: {e}"));
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let captured: Arc<(Mutex<Captured>, Condvar)> = Arc::default();
+        let shared = Arc::clone(&captured);
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = stdout.read(&mut buf).unwrap_or(0);
+                let (lock, cvar) = &*shared;
+                let mut c = lock.lock().unwrap();
+                if n == 0 {
+                    c.eof = true;
+                    cvar.notify_all();
+                    return;
+                }
+                c.bytes.extend_from_slice(&buf[..n]);
+                cvar.notify_all();
+            }
+        });
+        let mut init = Init {
+            pid: child.id() as i32,
+            child,
+            captured,
+            reader: Some(reader),
+            command,
+            dir,
+            status: None,
+        };
+        if spec.pid1 {
+            init.pid = init.find_namespace_init();
+        }
+        init
+    }
+
+    /// The host pid of unshare's forked child, i.e. sidecar-init as PID 1.
+    fn find_namespace_init(&self) -> i32 {
+        let unshare = self.child.id();
+        let path = format!("/proc/{unshare}/task/{unshare}/children");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                    if exe_is_sidecar(pid) {
+                        return pid;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                self.fail("sidecar-init did not appear under unshare");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Everything written to stdout so far (lossy).
+    pub fn output(&self) -> String {
+        let c = self.captured.0.lock().unwrap();
+        String::from_utf8_lossy(&c.bytes).into_owned()
+    }
+
+    /// Everything written to stdout so far, as bytes.
+    pub fn raw_output(&self) -> Vec<u8> {
+        self.captured.0.lock().unwrap().bytes.clone()
+    }
+
+    /// Panics with the command and the output.
+    pub fn fail(&self, why: &str) -> ! {
+        panic!(
+            "{why}\n--- command: {}\n--- stdout of sidecar-init:\n{}--- end",
+            self.command,
+            self.output()
+        );
+    }
+
+    /// Waits until the output satisfies `pred`.
+    pub fn wait_until(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.captured;
+        let mut c = lock.lock().unwrap();
+        loop {
+            if pred(&String::from_utf8_lossy(&c.bytes)) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline || c.eof {
+                drop(c);
+                let why = if now >= deadline {
+                    "timed out"
+                } else {
+                    "stdout closed"
+                };
+                self.fail(&format!("{why} waiting for {what}"));
+            }
+            c = cvar.wait_timeout(c, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for a line containing `needle`.
+    pub fn wait_for(&self, needle: &str) {
+        self.wait_until(&format!("{needle:?}"), DEADLINE, |out| out.contains(needle));
+    }
+
+    /// Sends a signal to sidecar-init.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory effects.
+        let r = unsafe { nix::libc::kill(self.pid, sig) };
+        if r != 0 {
+            self.fail(&format!("kill({}, {sig}) failed", self.pid));
+        }
+    }
+
+    /// sidecar-init has not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.status.is_none() && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for sidecar-init to exit and for its stdout to close; returns
+    /// its exit code. Kills it and fails on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.status {
+                break s;
+            }
+            match self.child.try_wait() {
+                Ok(Some(s)) => {
+                    self.status = Some(s);
+                    break s;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    self.fail(&format!("sidecar-init did not exit within {timeout:?}"));
+                }
+            }
+        };
+        self.wait_eof();
+        match status.code() {
+            Some(c) => c,
+            None => self.fail(&format!("sidecar-init died of a signal: {status:?}")),
+        }
+    }
+
+    /// Waits until sidecar-init's stdout is closed (every writer gone).
+    fn wait_eof(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        let (lock, cvar) = &*self.captured;
+        let mut c = lock.lock().unwrap();
+        while !c.eof {
+            let now = Instant::now();
+            if now >= deadline {
+                drop(c);
+                self.fail("stdout still open after sidecar-init exited");
+            }
+            c = cvar.wait_timeout(c, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Fails unless the output holds `needle`.
+    pub fn expect(&self, needle: &str) {
+        if !self.output().contains(needle) {
+            self.fail(&format!("expected {needle:?} in the output"));
+        }
+    }
+
+    /// Fails if the output holds `needle`.
+    pub fn expect_not(&self, needle: &str) {
+        if self.output().contains(needle) {
+            self.fail(&format!("did not expect {needle:?} in the output"));
+        }
+    }
+
+    /// The output's lines.
+    pub fn lines(&self) -> Vec<String> {
+        self.output().lines().map(str::to_string).collect()
+    }
+
+    /// Index of the first line equal to `line`; fails if absent.
+    pub fn line_index(&self, line: &str) -> usize {
+        match self.lines().iter().position(|l| l == line) {
+            Some(i) => i,
+            None => self.fail(&format!("expected the line {line:?}")),
+        }
+    }
+
+    /// Reads `pid <N>` printed by daemon `name` as `[name] <label> <N>`.
+    pub fn pid_from(&self, name: &str, label: &str) -> i32 {
+        let needle = format!("[{name}] {label} ");
+        self.wait_for(&needle);
+        let out = self.output();
+        let line = out.lines().find(|l| l.starts_with(&needle)).unwrap();
+        match line[needle.len()..].trim().parse() {
+            Ok(pid) => pid,
+            Err(_) => self.fail(&format!("no pid in {line:?}")),
+        }
+    }
+}
+
+impl Drop for Init {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            // Also the namespace init, for pid1 runs (kill-child does too).
+            // SAFETY: kill has no memory effects.
+            unsafe {
+                nix::libc::kill(self.pid, nix::libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+fn exe_is_sidecar(pid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().contains("sidecar-init"))
+        .unwrap_or(false)
+}
+
+/// The state letter of `pid` (`R`, `S`, `Z`...), or None when it is gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("State:"))?;
+    line["State:".len()..].trim().chars().next()
+}
+
+/// Waits until `pid` no longer exists (not even as a zombie).
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while proc_state(pid).is_some() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}

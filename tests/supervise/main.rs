@@ -1,0 +1,9 @@
+//! Integration tests: the real sidecar-init binary against real daemons
+//! (small `sh` scripts that print `ready` once their traps are set).
+
+mod harness;
+
+mod cli;
+mod output;
+mod reaping;
+mod signals;
