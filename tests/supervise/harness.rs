@@ -62,6 +62,18 @@ pub struct Spec {
     pub pid1: bool,
     /// Start with these extra descriptors open (not close-on-exec).
     pub leak_fds: bool,
+    pub stdout: Reader,
+}
+
+/// What the test does with sidecar-init's stdout.
+#[derive(Clone, Debug)]
+pub enum Reader {
+    /// Read everything as it comes.
+    Read,
+    /// Never read: the pipe fills up and stays full.
+    Stall,
+    /// Read until this text appears, then close the read end (EPIPE).
+    CloseAfter(String),
 }
 
 impl Spec {
@@ -72,6 +84,7 @@ impl Spec {
             env: Vec::new(),
             pid1: false,
             leak_fds: false,
+            stdout: Reader::Read,
         }
     }
 
@@ -92,6 +105,11 @@ impl Spec {
 
     pub fn leak_fds(mut self) -> Spec {
         self.leak_fds = true;
+        self
+    }
+
+    pub fn stdout(mut self, reader: Reader) -> Spec {
+        self.stdout = reader;
         self
     }
 
@@ -126,6 +144,7 @@ pub struct Init {
     command: String,
     pub dir: TempDir,
     status: Option<ExitStatus>,
+    mode: Reader,
 }
 
 /// Whether this machine lets us run sidecar-init as PID 1 of a new PID
@@ -193,11 +212,22 @@ impl Init {
         let mut stdout = child.stdout.take().expect("piped stdout");
         let captured: Arc<(Mutex<Captured>, Condvar)> = Arc::default();
         let shared = Arc::clone(&captured);
+        let mode = spec.stdout.clone();
         let reader = std::thread::spawn(move || {
+            let (lock, cvar) = &*shared;
+            if let Reader::Stall = mode {
+                // Hold the pipe open without reading until sidecar-init is
+                // gone (the test marks eof), then let it go.
+                let mut c = lock.lock().unwrap();
+                while !c.eof {
+                    c = cvar.wait(c).unwrap();
+                }
+                drop(stdout);
+                return;
+            }
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 let n = stdout.read(&mut buf).unwrap_or(0);
-                let (lock, cvar) = &*shared;
                 let mut c = lock.lock().unwrap();
                 if n == 0 {
                     c.eof = true;
@@ -205,6 +235,15 @@ impl Init {
                     return;
                 }
                 c.bytes.extend_from_slice(&buf[..n]);
+                if let Reader::CloseAfter(needle) = &mode {
+                    if String::from_utf8_lossy(&c.bytes).contains(needle.as_str()) {
+                        // Closing the read end: sidecar-init's next write
+                        // gets EPIPE. Mark eof so waits do not hang.
+                        c.eof = true;
+                        cvar.notify_all();
+                        return;
+                    }
+                }
                 cvar.notify_all();
             }
         });
@@ -216,6 +255,7 @@ impl Init {
             command,
             dir,
             status: None,
+            mode: spec.stdout,
         };
         if spec.pid1 {
             init.pid = init.find_namespace_init();
@@ -327,7 +367,13 @@ impl Init {
                 }
             }
         };
-        self.wait_eof();
+        if let Reader::Stall = self.mode {
+            let (lock, cvar) = &*self.captured;
+            lock.lock().unwrap().eof = true;
+            cvar.notify_all();
+        } else {
+            self.wait_eof();
+        }
         match status.code() {
             Some(c) => c,
             None => self.fail(&format!("sidecar-init died of a signal: {status:?}")),
@@ -391,6 +437,15 @@ impl Init {
 
 impl Drop for Init {
     fn drop(&mut self) {
+        {
+            let (lock, cvar) = &*self.captured;
+            if let Ok(mut c) = lock.lock() {
+                if let Reader::Stall = self.mode {
+                    c.eof = true;
+                }
+            }
+            cvar.notify_all();
+        }
         if self.status.is_none() {
             let _ = self.child.kill();
             // Also the namespace init, for pid1 runs (kill-child does too).
@@ -417,6 +472,18 @@ pub fn proc_state(pid: i32) -> Option<char> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("State:"))?;
     line["State:".len()..].trim().chars().next()
+}
+
+/// Waits until `path` exists.
+pub fn wait_file(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 /// Waits until `pid` no longer exists (not even as a zombie).

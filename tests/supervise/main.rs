@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod backpressure;
 mod cli;
 mod output;
 mod reaping;

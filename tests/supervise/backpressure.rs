@@ -1,0 +1,131 @@
+//! A slow, stalled or vanished log reader must never stall supervision, and
+//! heavy concurrent output must come out whole.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use nix::libc::{SIGHUP, SIGTERM};
+
+use crate::harness::{DEADLINE, Reader, Spec, wait_file};
+
+#[test]
+fn a_stalled_stdout_does_not_stall_shutdown() {
+    // Nobody reads sidecar-init's stdout; `yes` fills the pipe and then
+    // blocks, as does sidecar-init's own output buffer. SIGTERM must still
+    // reach every daemon at once, and sidecar-init must still exit.
+    let procfile = "\
+spew: sh -c 'echo $$ > spew.pid; exec yes spamspamspamspamspamspamspamspamspamspam'
+calm: sh -c 'trap \"touch calm.got-term; exit 0\" TERM; touch calm.ready; while :; do sleep 1 & wait $!; done'
+";
+    let mut init = Spec::procfile(procfile).stdout(Reader::Stall).start();
+    let dir = init.dir.path().to_path_buf();
+    assert!(
+        wait_file(&dir.join("calm.ready"), DEADLINE),
+        "calm never started"
+    );
+    assert!(
+        wait_file(&dir.join("spew.pid"), DEADLINE),
+        "spew never started"
+    );
+    // Let the pipes and the output buffer fill up.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let spew: i32 = std::fs::read_to_string(dir.join("spew.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let sent = Instant::now();
+    init.signal(SIGTERM);
+    assert!(
+        wait_file(&dir.join("calm.got-term"), DEADLINE),
+        "SIGTERM did not reach calm"
+    );
+    assert!(
+        crate::harness::wait_gone(spew, DEADLINE),
+        "SIGTERM did not stop spew"
+    );
+    let code = init.wait_exit(DEADLINE);
+    assert_eq!(code, 0, "graceful stop with a stalled stdout");
+    eprintln!("stalled stdout: SIGTERM to exit took {:?}", sent.elapsed());
+}
+
+#[test]
+fn a_closed_stdout_keeps_supervision_going() {
+    // The reader goes away (EPIPE on the next write). sidecar-init must not
+    // die of SIGPIPE: it keeps forwarding signals and reports the right code.
+    let procfile = "\
+chatty: sh -c 'trap \"\" HUP; echo ready; while :; do echo still talking; sleep 0.01; done'
+hup: sh -c 'trap \"touch hup.got; exit 3\" HUP; echo ready; while :; do sleep 1 & wait $!; done'
+";
+    let mut init = Spec::procfile(procfile)
+        .stdout(Reader::CloseAfter("[hup] ready".into()))
+        .start();
+    init.wait_for("[hup] ready");
+    let dir = init.dir.path().to_path_buf();
+    // Give sidecar-init time to hit EPIPE on the closed pipe.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(init.running(), "sidecar-init died when its reader left");
+    init.signal(SIGHUP);
+    assert!(
+        wait_file(&dir.join("hup.got"), DEADLINE),
+        "SIGHUP not forwarded after EPIPE"
+    );
+    init.signal(SIGTERM);
+    assert_eq!(
+        init.wait_exit(DEADLINE),
+        3,
+        "the exit code still tells the truth"
+    );
+}
+
+#[test]
+fn unaligned_64k_writes_from_four_daemons_come_out_whole() {
+    // Each daemon writes a file of lines of varying length with `dd bs=64k`,
+    // so lines straddle write boundaries. Every line must come out whole,
+    // in order, under the right prefix.
+    let mut init_procfile = String::new();
+    let dir = crate::harness::TempDir::new();
+    let mut expected = Vec::new();
+    for d in ["a", "b", "c", "d"] {
+        let mut text = String::new();
+        for i in 0..20_000u32 {
+            let pad = (i * 7919 + d.as_bytes()[0] as u32) % 180;
+            writeln!(text, "{d}-{i:06}-{}", "z".repeat(pad as usize)).unwrap();
+        }
+        let path = dir.write(&format!("{d}.lines"), &text);
+        init_procfile.push_str(&format!(
+            "{d}: dd if={} bs=65536 status=none\n",
+            path.display()
+        ));
+        expected.push((d, text));
+    }
+    let (code, out, init) = Spec::procfile(&init_procfile).run();
+    assert_eq!(code, 0, "{}", &out[out.len().saturating_sub(2000)..]);
+    for (d, text) in expected {
+        let prefix = format!("[{d}] ");
+        let got: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect();
+        let want: Vec<&str> = text.lines().collect();
+        if got != want {
+            let first_bad = got.iter().zip(&want).position(|(g, w)| g != w);
+            init.fail(&format!(
+                "{d}: {} lines out of {}, first difference at {first_bad:?}",
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    let stray: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            !l.starts_with("sidecar-init: ")
+                && !["[a] ", "[b] ", "[c] ", "[d] "]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+        })
+        .take(3)
+        .collect();
+    assert!(stray.is_empty(), "garbled lines: {stray:?}");
+}
