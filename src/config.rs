@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::procfile;
+use crate::supervisor::{Backoff, Policy};
+
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]
 pub enum Request {
@@ -28,10 +31,67 @@ pub struct Config {
     /// Longest output line before it is split.
     pub line_max: usize,
     pub log_level: LevelFilter,
+    /// Restart policies, with the flag or variable they came from.
+    pub restart: Option<(String, RestartSpec)>,
+    pub backoff: Backoff,
+    /// The operator's notify command, split into words.
+    pub notify: Option<Vec<String>>,
+    /// How long a notify command may run before it is killed.
+    pub notify_timeout: Duration,
+}
+
+/// `--restart on-failure,egress=always`: a default policy and per-daemon ones.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RestartSpec {
+    pub default: Policy,
+    /// Per-daemon policies, in the order given (a later one wins).
+    pub daemons: Vec<(String, Policy)>,
+}
+
+impl RestartSpec {
+    /// Parses comma-separated items, each `POLICY` or `NAME=POLICY`.
+    pub fn parse(text: &str) -> Result<RestartSpec, String> {
+        let mut spec = RestartSpec::default();
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (name, policy) = match item.split_once('=') {
+                Some((n, p)) => (Some(n.trim()), p.trim()),
+                None => (None, item),
+            };
+            let policy = Policy::parse(policy).ok_or_else(|| {
+                format!("'{policy}' is not a restart policy (never, on-failure, always)")
+            })?;
+            match name {
+                None => spec.default = policy,
+                Some(n) if procfile::is_valid_name(n) => spec.daemons.push((n.to_string(), policy)),
+                Some(n) => return Err(format!("'{n}' is not a daemon name")),
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Each daemon's policy, for a table with these names (in order). A
+    /// policy for a name the table lacks is an error.
+    pub fn resolve(&self, names: &[&str]) -> Result<Vec<Policy>, String> {
+        if let Some((unknown, _)) = self
+            .daemons
+            .iter()
+            .find(|(n, _)| !names.contains(&n.as_str()))
+        {
+            return Err(format!("no daemon named '{unknown}' in the table"));
+        }
+        Ok(names
+            .iter()
+            .map(|name| {
+                let own = self.daemons.iter().rev().find(|(n, _)| n == name);
+                own.map_or(self.default, |(_, p)| *p)
+            })
+            .collect())
+    }
 }
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(8);
 pub const DEFAULT_LINE_MAX: usize = 64 * 1024;
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The accepted range for `--line-max`.
 pub const LINE_MAX_RANGE: (usize, usize) = (64, 16 * 1024 * 1024);
 /// The longest accepted grace period: a day.
@@ -44,6 +104,10 @@ impl Default for Config {
             grace: DEFAULT_GRACE,
             line_max: DEFAULT_LINE_MAX,
             log_level: LevelFilter::Info,
+            restart: None,
+            backoff: Backoff::default(),
+            notify: None,
+            notify_timeout: DEFAULT_NOTIFY_TIMEOUT,
         }
     }
 }
@@ -78,6 +142,25 @@ Options (each also read from the environment variable shown; flags win):
                                                         [SIDECAR_INIT_LINE_MAX]
   --log-level LEVEL  error, warn, info or debug (default info)
                                                         [SIDECAR_INIT_LOG]
+  --restart SPEC     restart policy: never (default), on-failure or always,
+                     for all daemons and/or per daemon, comma-separated:
+                     on-failure,egress=always          [SIDECAR_INIT_RESTART]
+  --restart-delay SECONDS
+                     first restart delay, doubling each quick restart
+                     (default 1)                 [SIDECAR_INIT_RESTART_DELAY]
+  --restart-max-delay SECONDS
+                     longest restart delay (default 30)
+                                             [SIDECAR_INIT_RESTART_MAX_DELAY]
+  --restart-reset SECONDS
+                     a run this long starts the backoff over (default 10)
+                                                 [SIDECAR_INIT_RESTART_RESET]
+  --max-restarts N   give a daemon up after N quick restarts in a row
+                     (default: never give up)      [SIDECAR_INIT_MAX_RESTARTS]
+  --notify COMMAND   run COMMAND on each lifecycle event, with the event in
+                     SIDECAR_INIT_EVENT* variables     [SIDECAR_INIT_NOTIFY]
+  --notify-timeout SECONDS
+                     kill a notify command running longer (default 10)
+                                                [SIDECAR_INIT_NOTIFY_TIMEOUT]
   --check            validate the configuration, print the daemons that
                      would run as a Procfile, and exit
   -h, --help         print this help
@@ -154,6 +237,16 @@ pub fn parse(
         };
         (opt.apply)(&mut config, value)
             .map_err(|problem| UsageError(format!("{source}: {problem}")))?;
+        if let Some((from, _)) = config.restart.as_mut().filter(|(from, _)| from.is_empty()) {
+            *from = source;
+        }
+    }
+    if config.backoff.max_delay < config.backoff.delay {
+        return Err(UsageError(format!(
+            "the longest restart delay ({}) is shorter than the first ({})",
+            crate::supervisor::format_secs(config.backoff.max_delay),
+            crate::supervisor::format_secs(config.backoff.delay)
+        )));
     }
     Ok(if check {
         Request::Check(config)
@@ -176,7 +269,7 @@ impl fmt::Debug for Opt {
     }
 }
 
-const OPTS: [Opt; 4] = [
+const OPTS: [Opt; 11] = [
     Opt {
         flag: "--procfile",
         env: "SIDECAR_INIT_PROCFILE",
@@ -209,7 +302,77 @@ const OPTS: [Opt; 4] = [
             Ok(())
         },
     },
+    Opt {
+        flag: "--restart",
+        env: "SIDECAR_INIT_RESTART",
+        // The source is filled in by `parse`, which knows it.
+        apply: |c, v| {
+            c.restart = Some((String::new(), RestartSpec::parse(&v.to_string_lossy())?));
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--restart-delay",
+        env: "SIDECAR_INIT_RESTART_DELAY",
+        apply: |c, v| {
+            c.backoff.delay = parse_positive_seconds(&v.to_string_lossy())?;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--restart-max-delay",
+        env: "SIDECAR_INIT_RESTART_MAX_DELAY",
+        apply: |c, v| {
+            c.backoff.max_delay = parse_positive_seconds(&v.to_string_lossy())?;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--restart-reset",
+        env: "SIDECAR_INIT_RESTART_RESET",
+        apply: |c, v| {
+            c.backoff.reset = parse_seconds(&v.to_string_lossy())?;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--max-restarts",
+        env: "SIDECAR_INIT_MAX_RESTARTS",
+        apply: |c, v| {
+            let text = v.to_string_lossy();
+            let n = text
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{text}' is not a whole number"))?;
+            c.backoff.max_restarts = Some(n);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--notify",
+        env: "SIDECAR_INIT_NOTIFY",
+        apply: |c, v| {
+            c.notify = Some(procfile::split_words(&v.to_string_lossy())?);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--notify-timeout",
+        env: "SIDECAR_INIT_NOTIFY_TIMEOUT",
+        apply: |c, v| {
+            c.notify_timeout = parse_positive_seconds(&v.to_string_lossy())?;
+            Ok(())
+        },
+    },
 ];
+
+/// Seconds, more than zero.
+fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    match parse_seconds(text)? {
+        d if d.is_zero() => Err(format!("'{text}' must be more than 0 seconds")),
+        d => Ok(d),
+    }
+}
 
 /// Seconds as a non-negative decimal (`8`, `0.5`), at most a day.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -365,6 +528,79 @@ mod tests {
         assert!(error(&["--line-max", "10"], &[]).contains("from 64 to"));
         assert!(error(&["--grace", "1e9"], &[]).contains("not a number"));
         assert!(error(&["--grace", "100000"], &[]).contains("more than a day"));
+    }
+
+    #[test]
+    fn restart_options() {
+        let c = config(
+            &[
+                "--restart",
+                "on-failure, egress=always ,pipelock=never",
+                "--max-restarts=3",
+            ],
+            &[
+                ("SIDECAR_INIT_RESTART_DELAY", "0.5"),
+                ("SIDECAR_INIT_RESTART_MAX_DELAY", "4"),
+            ],
+        );
+        let (source, spec) = c.restart.unwrap();
+        assert_eq!(source, "--restart");
+        assert_eq!(spec.default, Policy::OnFailure);
+        assert_eq!(
+            spec.resolve(&["egress", "pipelock", "x"]),
+            Ok(vec![Policy::Always, Policy::Never, Policy::OnFailure])
+        );
+        assert_eq!(c.backoff.delay, Duration::from_millis(500));
+        assert_eq!(c.backoff.max_delay, Duration::from_secs(4));
+        assert_eq!(c.backoff.reset, Duration::from_secs(10));
+        assert_eq!(c.backoff.max_restarts, Some(3));
+        let (source, _) = config(&[], &[("SIDECAR_INIT_RESTART", "always")])
+            .restart
+            .unwrap();
+        assert_eq!(source, "SIDECAR_INIT_RESTART");
+    }
+
+    #[test]
+    fn restart_errors() {
+        assert!(
+            error(&["--restart", "sometimes"], &[]).contains("'sometimes' is not a restart policy")
+        );
+        assert!(error(&["--restart", "a b=always"], &[]).contains("'a b' is not a daemon name"));
+        assert!(error(&["--restart-delay", "0"], &[]).contains("more than 0"));
+        assert!(error(&["--max-restarts", "-1"], &[]).contains("not a whole number"));
+        assert!(
+            error(&["--restart-delay", "5", "--restart-max-delay", "2"], &[])
+                .contains("shorter than the first")
+        );
+        let spec = RestartSpec::parse("ghost=always").unwrap();
+        assert_eq!(
+            spec.resolve(&["a"]),
+            Err("no daemon named 'ghost' in the table".to_string())
+        );
+    }
+
+    #[test]
+    fn notify_options() {
+        let c = config(
+            &[
+                "--notify",
+                "sh -c 'echo $SIDECAR_INIT_EVENT'",
+                "--notify-timeout",
+                "2",
+            ],
+            &[],
+        );
+        assert_eq!(
+            c.notify,
+            Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo $SIDECAR_INIT_EVENT".into()
+            ])
+        );
+        assert_eq!(c.notify_timeout, Duration::from_secs(2));
+        assert!(error(&["--notify", "'oops"], &[]).starts_with("--notify: unterminated"));
+        assert_eq!(config(&[], &[("SIDECAR_INIT_NOTIFY", "")]).notify, None);
     }
 
     #[test]

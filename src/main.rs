@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use sidecar_init::config::{self, Config, Request};
 use sidecar_init::procfile::{self, DaemonSpec};
 use sidecar_init::runtime::{self, Settings};
+use sidecar_init::supervisor::Policy;
 use sidecar_init::{exit, output};
 
 /// The variable that narrows the daemon table.
@@ -41,7 +42,7 @@ fn fail(msg: &str) -> i32 {
 
 fn run(config: &Config) -> i32 {
     output::init_logger(config.log_level);
-    let daemons = match daemons(config) {
+    let (daemons, policies) = match daemons(config) {
         Ok(d) => d,
         Err(msg) => return fail(&msg),
     };
@@ -53,6 +54,10 @@ fn run(config: &Config) -> i32 {
     let settings = Settings {
         grace: config.grace,
         line_max: config.line_max,
+        policies,
+        backoff: config.backoff,
+        notify: config.notify.clone(),
+        notify_timeout: config.notify_timeout,
     };
     match runtime::run(daemons, settings) {
         Ok(code) => code,
@@ -67,7 +72,7 @@ fn run(config: &Config) -> i32 {
 fn check(config: &Config) -> i32 {
     output::init_logger(config.log_level);
     match daemons(config) {
-        Ok(d) => {
+        Ok((d, _)) => {
             output::write_log_now();
             print!("{}", procfile::render(&d));
             0
@@ -76,12 +81,20 @@ fn check(config: &Config) -> i32 {
     }
 }
 
-/// The table (built-in or from the Procfile), narrowed by the selection.
-fn daemons(config: &Config) -> Result<Vec<DaemonSpec>, String> {
+/// The table (built-in or from the Procfile), narrowed by the selection,
+/// with each daemon's restart policy.
+fn daemons(config: &Config) -> Result<(Vec<DaemonSpec>, Vec<Policy>), String> {
     let table = match &config.procfile {
         Some(path) => load(path)?,
         None => procfile::default_table(),
     };
+    let names: Vec<&str> = table.iter().map(|d| d.name.as_str()).collect();
+    let policies = match &config.restart {
+        Some((source, spec)) => spec.resolve(&names).map_err(|e| format!("{source}: {e}"))?,
+        None => vec![Policy::Never; names.len()],
+    };
+    let policy_of: Vec<(String, Policy)> =
+        table.iter().map(|d| d.name.clone()).zip(policies).collect();
     let wanted = std::env::var_os(SELECTION_VAR).map(|v| v.to_string_lossy().into_owned());
     let (selected, unknown) = procfile::select(table, wanted.as_deref());
     if !unknown.is_empty() {
@@ -90,7 +103,16 @@ fn daemons(config: &Config) -> Result<Vec<DaemonSpec>, String> {
             unknown.join(", ")
         );
     }
-    Ok(selected)
+    let policies = selected
+        .iter()
+        .map(|d| {
+            policy_of
+                .iter()
+                .find(|(n, _)| *n == d.name)
+                .map_or(Policy::Never, |(_, p)| *p)
+        })
+        .collect();
+    Ok((selected, policies))
 }
 
 fn load(path: &Path) -> Result<Vec<DaemonSpec>, String> {

@@ -106,6 +106,23 @@ pub fn parse(text: &[u8]) -> Result<Vec<DaemonSpec>, ParseError> {
     Ok(table)
 }
 
+/// Splits one command line (as given to `--notify`) into words by the
+/// Procfile's rules: quotes and backslashes, no expansion, no shell.
+pub fn split_words(text: &str) -> Result<Vec<String>, String> {
+    let mut lexer = Lexer {
+        rest: text.as_bytes(),
+        line: 1,
+    };
+    let words = lexer.words().map_err(|e| e.problem)?;
+    if lexer.next_entry().is_some() {
+        return Err("a command must be a single line".into());
+    }
+    if words.is_empty() {
+        return Err("empty command".into());
+    }
+    Ok(words)
+}
+
 /// A cursor over the Procfile's bytes (valid UTF-8; all syntax is ASCII, so
 /// byte-wise scanning never splits a character that ends up in a word).
 struct Lexer<'a> {
@@ -210,6 +227,9 @@ impl Lexer<'_> {
 
     /// One word; `None` when it was only a backslash-newline continuation.
     fn word(&mut self) -> Result<Option<String>, ParseError> {
+        // A word may end lines later (quoted newlines, continuations), even
+        // past the text's last line: a NUL is reported on the line it starts on.
+        let start = self.line;
         let mut word = Vec::new();
         let mut quoted = false;
         while let Some(b) = self.peek() {
@@ -268,7 +288,7 @@ impl Lexer<'_> {
             }
         }
         if word.contains(&0) {
-            return Err(self.error("a word contains a NUL byte"));
+            return Err(self.error_at(start, "a word contains a NUL byte".into()));
         }
         if word.is_empty() && !quoted {
             return Ok(None);
@@ -437,6 +457,7 @@ mod tests {
             (b"\na: echo \"oops\n", 2, "unterminated double quote"),
             (b"a: echo \\", 1, "backslash at end of file"),
             (b"a: x\n\xff: y\n", 2, "not valid UTF-8"),
+            (b"a:\0\\\n", 1, "NUL byte"), // found by fuzzing: was line 2
         ];
         for (text, line, needle) in cases {
             let e = err(text);
@@ -484,6 +505,21 @@ mod tests {
         let (s, unknown) = select(all(), Some("nope"));
         assert!(s.is_empty());
         assert_eq!(unknown, ["nope"]);
+    }
+
+    #[test]
+    fn split_words_is_one_command() {
+        assert_eq!(
+            split_words("curl -s 'http://x/a b'"),
+            Ok(vec!["curl".to_string(), "-s".into(), "http://x/a b".into()])
+        );
+        assert_eq!(split_words("  "), Err("empty command".to_string()));
+        assert!(split_words("a 'b").unwrap_err().contains("unterminated"));
+        assert_eq!(split_words("a\\\nb"), Ok(vec!["ab".to_string()]));
+        assert_eq!(
+            split_words("a\nb"),
+            Err("a command must be a single line".to_string())
+        );
     }
 
     #[test]

@@ -23,9 +23,10 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::exit::{self, Ending};
 use crate::lines::{self, LineSplitter};
+use crate::notify;
 use crate::output::{self, Output};
 use crate::procfile::DaemonSpec;
-use crate::supervisor::{self, Action, Supervisor};
+use crate::supervisor::{self, Action, Backoff, Policy, Supervisor, Timing};
 
 const SIGNALS: Token = Token(0);
 const STDOUT: Token = Token(1);
@@ -39,6 +40,11 @@ const MIN_READ: usize = 4 * 1024;
 /// How long to wait for a reaped daemon's pipe to reach EOF. A grandchild
 /// holding the pipe open must not hold the exit line (or our exit) forever.
 const DRAIN: Duration = Duration::from_secs(1);
+/// How long notifications still queued or running when every daemon is gone
+/// may delay the exit.
+const NOTIFY_EXIT_WAIT: Duration = Duration::from_secs(2);
+/// The prefix of the notify command's output lines.
+const NOTIFY_PREFIX: &[u8] = b"[notify] ";
 /// How long to keep trying to write the last lines to a stalled stdout.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
@@ -47,6 +53,45 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 pub struct Settings {
     pub grace: Duration,
     pub line_max: usize,
+    /// Each daemon's restart policy, in table order.
+    pub policies: Vec<Policy>,
+    pub backoff: Backoff,
+    /// The operator's notify command, if any.
+    pub notify: Option<Vec<String>>,
+    /// How long a notify command may run before it is killed.
+    pub notify_timeout: Duration,
+}
+
+/// The operator's notify command: one run at a time, events queued.
+struct Notifier {
+    argv: Vec<String>,
+    timeout: Duration,
+    queue: notify::Queue,
+    /// The current run, until it is reaped and its output drained.
+    run: Option<NotifyRun>,
+}
+
+/// One run of the notify command.
+struct NotifyRun {
+    /// Its pid, which is also its process group.
+    pid: i32,
+    /// When it is killed if still running.
+    kill_at: Instant,
+    killed: bool,
+    /// When it was reaped; its output may still be draining.
+    reaped_at: Option<Instant>,
+}
+
+impl Notifier {
+    /// When `notifier_tick` has work to do for the current run.
+    fn deadline(&self) -> Option<Instant> {
+        let run = self.run.as_ref()?;
+        match run.reaped_at {
+            Some(t) => Some(t + DRAIN),
+            None if !run.killed => Some(run.kill_at),
+            None => None,
+        }
+    }
 }
 
 /// A daemon's output pipe and the state of its current line.
@@ -69,6 +114,10 @@ struct Runtime {
     out: Output,
     read_buf: Vec<u8>,
     settings: Settings,
+    /// Its output pipe is the last slot of `pipes`, after the daemons'.
+    notifier: Option<Notifier>,
+    /// Once every daemon is gone: how long queued notifications may still run.
+    exit_wait: Option<Instant>,
 }
 
 /// Runs the daemons until every one is gone; returns the exit code.
@@ -90,26 +139,53 @@ pub fn run(specs: Vec<DaemonSpec>, settings: Settings) -> io::Result<i32> {
     let mut out = Output::stdout(output_capacity(settings.line_max, longest_prefix));
     out.register(poll.registry(), STDOUT);
 
-    let sup = Supervisor::new(specs.iter().map(|s| s.name.clone()), settings.grace, DRAIN);
+    let timing = Timing {
+        grace: settings.grace,
+        drain: DRAIN,
+        backoff: settings.backoff,
+    };
+    let names = specs.iter().map(|s| s.name.clone());
+    let policies = settings
+        .policies
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(Policy::Never));
+    let sup = Supervisor::new(names.zip(policies), timing);
+    let notifier = settings.notify.clone().map(|argv| Notifier {
+        argv,
+        timeout: settings.notify_timeout,
+        queue: notify::Queue::new(notify::DEFAULT_CAPACITY),
+        run: None,
+    });
+    let mut prefixes: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|s| format!("[{}] ", s.name).into_bytes())
+        .collect();
+    prefixes.push(NOTIFY_PREFIX.to_vec());
     let mut rt = Runtime {
         poll,
         signals,
         sup,
-        prefixes: specs
-            .iter()
-            .map(|s| format!("[{}] ", s.name).into_bytes())
-            .collect(),
-        pipes: specs.iter().map(|_| None).collect(),
+        pipes: prefixes.iter().map(|_| None).collect(),
+        prefixes,
         specs,
         out,
         read_buf: vec![0; READ_SIZE],
         settings,
+        notifier,
+        exit_wait: None,
     };
     rt.sup.start();
     rt.apply();
     rt.run_loop()?;
 
     let code = rt.sup.exit_code();
+    if let Some(n) = &rt.notifier {
+        let (waiting, dropped) = n.queue.backlog();
+        if waiting > 0 || dropped > 0 {
+            log::debug!("exiting with {waiting} notifications not sent ({dropped} dropped)");
+        }
+    }
     log::info!("exit {code}");
     rt.final_flush();
     rt.out.restore();
@@ -130,7 +206,8 @@ impl Runtime {
             let now = Instant::now();
             self.sup.tick(now);
             self.apply();
-            if self.sup.finished() {
+            self.notifier_tick(now);
+            if self.sup.finished() && self.notifications_done(now) {
                 return Ok(());
             }
             // Work left over from the last round (a pipe not yet read to
@@ -139,9 +216,12 @@ impl Runtime {
             let timeout = if self.has_work() {
                 Some(Duration::ZERO)
             } else {
-                self.sup
-                    .next_deadline()
-                    .map(|d| d.saturating_duration_since(now))
+                let notify_deadline = self.notifier.as_ref().and_then(Notifier::deadline);
+                let deadline = (self.sup.next_deadline().into_iter())
+                    .chain(notify_deadline)
+                    .chain(self.exit_wait)
+                    .min();
+                deadline.map(|d| d.saturating_duration_since(now))
             };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -195,34 +275,147 @@ impl Runtime {
                 Action::Spawn(i) => self.spawn(i),
                 Action::Signal { pgid, signal } => send(pgid, signal),
                 Action::Log(level, msg) => log::log!(level, "{msg}"),
+                Action::Notify(event) => {
+                    if let Some(n) = &mut self.notifier {
+                        n.queue.push(event);
+                        self.start_notifier();
+                    }
+                }
             }
         }
     }
 
+    /// Runs the notify command for the next queued event, if none runs.
+    fn start_notifier(&mut self) {
+        let slot = self.specs.len();
+        loop {
+            let Some(n) = &mut self.notifier else { return };
+            let Some((event, dropped)) = n.queue.start_next() else {
+                return;
+            };
+            let env = event.env(dropped);
+            match spawn(&n.argv, &env) {
+                Ok((pid, rx)) => {
+                    n.run = Some(NotifyRun {
+                        pid,
+                        kill_at: Instant::now() + n.timeout,
+                        killed: false,
+                        reaped_at: None,
+                    });
+                    log::debug!("notify: {} {} (pid {pid})", event.kind, event.daemon);
+                    self.close_pipe(slot); // a leftover from the last run
+                    self.open_pipe(slot, rx);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "cannot run the notify command {}: {}",
+                        n.argv[0],
+                        describe(&e)
+                    );
+                    n.queue.finished();
+                }
+            }
+        }
+    }
+
+    /// Whether sidecar-init, its daemons gone, may exit as far as the
+    /// notify command is concerned: nothing is running or queued, or the
+    /// bounded wait for that has passed (then a running command is killed).
+    fn notifications_done(&mut self, now: Instant) -> bool {
+        let Some(n) = &mut self.notifier else {
+            return true;
+        };
+        if n.run.is_none() && n.queue.backlog().0 == 0 {
+            return true;
+        }
+        let deadline = *self.exit_wait.get_or_insert(now + NOTIFY_EXIT_WAIT);
+        if now < deadline {
+            return false;
+        }
+        if let Some(run) = n.run.as_ref().filter(|r| r.reaped_at.is_none()) {
+            log::warn!("notify command still running at exit; killing it");
+            send(run.pid, libc::SIGKILL);
+        }
+        true
+    }
+
+    /// Kills a notify command that has run too long; once a run is reaped
+    /// and its output drained (or the drain period is over), starts the next.
+    fn notifier_tick(&mut self, now: Instant) {
+        let slot = self.specs.len();
+        let Some(n) = &mut self.notifier else { return };
+        let Some(run) = &mut n.run else { return };
+        match run.reaped_at {
+            None => {
+                if !run.killed && now >= run.kill_at {
+                    run.killed = true;
+                    log::warn!(
+                        "notify command still running after {}; killing it",
+                        supervisor::format_secs(n.timeout)
+                    );
+                    send(run.pid, libc::SIGKILL);
+                }
+            }
+            Some(reaped_at) => {
+                if self.pipes[slot].is_none() || now >= reaped_at + DRAIN {
+                    n.run = None;
+                    n.queue.finished();
+                    self.close_pipe(slot);
+                    self.start_notifier();
+                }
+            }
+        }
+    }
+
+    /// `pid` was the notify command; false if it was not.
+    fn notifier_reaped(&mut self, pid: i32, ending: Ending, now: Instant) -> bool {
+        let Some(n) = &mut self.notifier else {
+            return false;
+        };
+        let Some(run) = n
+            .run
+            .as_mut()
+            .filter(|r| r.pid == pid && r.reaped_at.is_none())
+        else {
+            return false;
+        };
+        run.reaped_at = Some(now);
+        let code = ending.code(false);
+        if code == 0 {
+            log::debug!("notify command exited with code 0");
+        } else {
+            log::warn!("notify command exited with code {code}{ending}");
+        }
+        self.notifier_tick(now);
+        true
+    }
+
+    /// Registers pipe `slot` (a daemon's, or the notifier's) for reading.
+    fn open_pipe(&mut self, slot: usize, mut rx: Receiver) {
+        let token = Token(FIRST_PIPE + slot);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut rx, token, Interest::READABLE)
+        {
+            // The process runs, but we cannot read it: keep it without output.
+            log::error!("epoll_ctl for pipe {slot}: {e}");
+        }
+        self.pipes[slot] = Some(Pipe {
+            rx,
+            splitter: LineSplitter::new(self.settings.line_max),
+            readable: false,
+        });
+    }
+
     fn spawn(&mut self, i: usize) {
         let spec = &self.specs[i];
-        match spawn(spec) {
-            Ok((pid, mut rx)) => {
-                let token = Token(FIRST_PIPE + i);
-                if let Err(e) = self
-                    .poll
-                    .registry()
-                    .register(&mut rx, token, Interest::READABLE)
-                {
-                    // The daemon runs, but we cannot read it: keep it without output.
-                    log::error!("epoll_ctl for {}'s output: {e}", spec.name);
-                }
-                log::debug!(
-                    "{} runs as pid {pid}: {}",
-                    spec.name,
-                    crate::procfile::render(std::slice::from_ref(spec)).trim_end()
-                );
-                self.pipes[i] = Some(Pipe {
-                    rx,
-                    splitter: LineSplitter::new(self.settings.line_max),
-                    readable: false,
-                });
-                self.sup.spawned(i, pid);
+        match spawn(&spec.argv, &[]) {
+            Ok((pid, rx)) => {
+                log::debug!("{} runs as pid {pid}", spec.name);
+                self.open_pipe(i, rx);
+                self.sup.spawned(i, pid, Instant::now());
             }
             Err(e) => {
                 let code = match e.kind() {
@@ -266,7 +459,9 @@ impl Runtime {
                     return;
                 }
             };
-            if !self.sup.reaped(pid.as_raw(), ending, Instant::now()) {
+            let pid = pid.as_raw();
+            let now = Instant::now();
+            if !self.notifier_reaped(pid, ending, now) && !self.sup.reaped(pid, ending, now) {
                 log::debug!("reaped pid {pid} (not a daemon){ending}");
             }
             self.apply();
@@ -286,32 +481,37 @@ impl Runtime {
             let prefix = &self.prefixes[i];
             let buf = self.out.buf();
             match p.rx.read(&mut self.read_buf[..allowance]) {
-                Ok(0) => {
+                Ok(0) => self.close_pipe(i),
+                Ok(n) => {
+                    let data = &self.read_buf[..n];
                     p.splitter
-                        .finish(|line| lines::push_framed(buf, prefix, line));
-                    self.close_pipe(i);
+                        .feed(data, |line| lines::push_framed(buf, prefix, line));
                 }
-                Ok(n) => p.splitter.feed(&self.read_buf[..n], |line| {
-                    lines::push_framed(buf, prefix, line)
-                }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => p.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    log::warn!("read {}'s output: {}", self.specs[i].name, describe(&e));
-                    p.splitter
-                        .finish(|line| lines::push_framed(buf, prefix, line));
+                    log::warn!("read pipe {i}: {}", describe(&e));
                     self.close_pipe(i);
                 }
             }
         }
     }
 
-    fn close_pipe(&mut self, i: usize) {
-        if let Some(mut p) = self.pipes[i].take() {
-            let _ = self.poll.registry().deregister(&mut p.rx);
+    /// Pipe `slot` reached EOF (or is abandoned): stop reading it.
+    fn close_pipe(&mut self, slot: usize) {
+        let Some(mut p) = self.pipes[slot].take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut p.rx);
+        let (prefix, buf) = (&self.prefixes[slot], self.out.buf());
+        p.splitter
+            .finish(|line| lines::push_framed(buf, prefix, line));
+        if slot < self.specs.len() {
+            self.sup.pipe_closed(slot, Instant::now());
+            self.apply();
+        } else {
+            self.notifier_tick(Instant::now());
         }
-        self.sup.pipe_closed(i, Instant::now());
-        self.apply();
     }
 
     /// Writes what is left, waiting for a slow reader a bounded time.
@@ -339,9 +539,10 @@ impl Runtime {
     }
 }
 
-/// Starts one daemon in its own process group, stdout and stderr into one
-/// pipe whose read end is returned (non-blocking, close-on-exec).
-fn spawn(spec: &DaemonSpec) -> io::Result<(i32, Receiver)> {
+/// Starts `argv` in its own process group with `env` added, stdout and
+/// stderr into one pipe whose read end is returned (non-blocking,
+/// close-on-exec).
+fn spawn(argv: &[String], env: &[(&str, String)]) -> io::Result<(i32, Receiver)> {
     let (tx, rx) = pipe::new()?;
     // The daemon's end must block like any ordinary stdout.
     tx.set_nonblocking(false)?;
@@ -350,8 +551,9 @@ fn spawn(spec: &DaemonSpec) -> io::Result<(i32, Receiver)> {
     // No pre_exec closure, so std can use posix_spawn. Every descriptor of
     // ours is close-on-exec (see `cloexec_inherited_fds`), so the daemon
     // starts with 0, 1 and 2 only.
-    let child = Command::new(&spec.argv[0])
-        .args(&spec.argv[1..])
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .process_group(0)
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))

@@ -7,4 +7,5 @@ mod backpressure;
 mod cli;
 mod output;
 mod reaping;
+mod restart;
 mod signals;

@@ -184,7 +184,7 @@ b: sh -c 'for s in HUP QUIT USR1 USR2 WINCH; do trap \"echo b got $s\" $s; done;
 #[test]
 fn signals_reach_the_whole_process_group() {
     // The daemon's child traps HUP too: group delivery reaches it.
-    let procfile = "a: sh -c 'sh -c \"trap \\\"echo child got HUP\\\" HUP; echo child ready; while :; do sleep 1 & wait \\$!; done\" & trap \"echo parent got HUP\" HUP; wait; wait'\n";
+    let procfile = "a: sh -c 'trap \"echo parent got HUP\" HUP; sh -c \"trap \\\"echo child got HUP\\\" HUP; echo child ready; while :; do sleep 1 & wait \\$!; done\" & wait; wait'\n";
     let mut init = Spec::procfile(procfile).start();
     init.wait_for("[a] child ready");
     init.signal(SIGHUP);
