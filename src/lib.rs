@@ -9,6 +9,7 @@
 pub mod config;
 pub mod exit;
 pub mod lines;
+pub mod notify;
 pub mod output;
 pub mod procfile;
 pub mod runtime;
