@@ -14,8 +14,8 @@ const SELECTION_VAR: &str = "CLAUDE_BOTTLE_SIDECAR_DAEMONS";
 
 fn main() -> ExitCode {
     // Before any descriptor of ours exists: nothing inherited may leak into
-    // the daemons.
-    runtime::cloexec_inherited_fds();
+    // the daemons, and a closed stdout must not be taken by one of ours.
+    runtime::sanitize_fds();
     let code = match config::parse(std::env::args_os().skip(1), |k| std::env::var_os(k)) {
         Ok(Request::Help) => {
             print!("{}", config::HELP);

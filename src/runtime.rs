@@ -549,7 +549,7 @@ fn spawn(argv: &[String], env: &[(&str, String)]) -> io::Result<(i32, Receiver)>
     let stdout = OwnedFd::from(tx);
     let stderr = stdout.try_clone()?;
     // No pre_exec closure, so std can use posix_spawn. Every descriptor of
-    // ours is close-on-exec (see `cloexec_inherited_fds`), so the daemon
+    // ours is close-on-exec (see `sanitize_fds`), so the daemon
     // starts with 0, 1 and 2 only.
     let child = Command::new(&argv[0])
         .args(&argv[1..])
@@ -607,10 +607,39 @@ fn raise_fd_limit(daemons: usize) {
     }
 }
 
-/// Marks every descriptor above 2 that we inherited close-on-exec, so none
-/// reaches a daemon (a stray copy of a pipe would also keep it from EOF).
-/// Call first thing, before any descriptor of our own exists.
-pub fn cloexec_inherited_fds() {
+/// Puts the descriptors we start with in order. Call first thing, before
+/// any descriptor of our own exists.
+///
+/// - A closed 0, 1 or 2 is opened on /dev/null: otherwise our own pipes
+///   could land there and a daemon would write into our epoll or signal
+///   descriptor, or we would log into a daemon's pipe.
+/// - Every descriptor above 2 that we inherited is marked close-on-exec, so
+///   none reaches a daemon (a stray copy of a pipe would also keep it from
+///   EOF).
+pub fn sanitize_fds() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only queries the descriptor.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            let flags = if fd == 0 {
+                libc::O_RDONLY
+            } else {
+                libc::O_WRONLY
+            };
+            // SAFETY: a valid C string; the result is checked below.
+            let null = unsafe { libc::open(c"/dev/null".as_ptr(), flags) };
+            if null >= 0 && null != fd {
+                // SAFETY: moves the new descriptor to the free slot.
+                unsafe {
+                    libc::dup2(null, fd);
+                    libc::close(null);
+                }
+            }
+        }
+    }
+    cloexec_inherited_fds();
+}
+
+fn cloexec_inherited_fds() {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes flags.
     let r = unsafe {
         libc::syscall(

@@ -267,3 +267,23 @@ fn log_level_warn_hides_info_lines() {
         "[a] hello\nsidecar-init: a exited with code 1; no daemons left\n"
     );
 }
+
+#[test]
+fn a_closed_stdout_at_start_is_survived() {
+    // sidecar-init starts with fd 1 closed: its own descriptors must not land
+    // there, and the daemon still gets a pipe of its own as stdout.
+    let dir = TempDir::new();
+    let procfile = dir.write(
+        "Procfile",
+        "a: sh -c 'x=$(readlink /proc/$$/fd/1); echo $x > where; exit 7'\n",
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", "exec >&-; exec \"$0\" --procfile \"$1\"", binary()])
+        .arg(&procfile)
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(7));
+    let wh = std::fs::read_to_string(dir.path().join("where")).unwrap();
+    assert!(wh.starts_with("pipe:"), "the daemon's stdout is {wh:?}");
+}
