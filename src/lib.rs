@@ -12,5 +12,7 @@ pub mod lines;
 pub mod notify;
 pub mod output;
 pub mod procfile;
+#[doc(hidden)]
+pub mod props;
 pub mod runtime;
 pub mod supervisor;

@@ -1,0 +1,622 @@
+//! Property checks shared by the fuzz targets (`fuzz/`) and the stable
+//! corpus replay test (`tests/fuzz_corpus.rs`).
+//!
+//! Each `check_*` function takes arbitrary bytes, derives everything it needs
+//! from them (line limit, chunking, daemon name, a generated table) and
+//! panics with a message naming the broken property when one fails. Not part
+//! of the public interface.
+
+use crate::lines::{self, LineSplitter};
+use crate::procfile::{self, DaemonSpec};
+
+/// A cursor that hands out the input's bytes one by one, then zeros.
+struct Source<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Source<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Source { data }
+    }
+
+    fn byte(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize {
+        self.byte() as usize % n
+    }
+
+    /// The next `n` bytes (fewer at the end).
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, rest) = self.data.split_at(n.min(self.data.len()));
+        self.data = rest;
+        head
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.data)
+    }
+}
+
+/// The line limit and the chunk sizes a splitter input starts with:
+/// one byte for the limit (4..=259), one for how many chunk sizes follow
+/// (0..=7; none means "all at once"), then the sizes. A size byte below
+/// 0x80 is a size of 0..=127 (0 is an empty `feed`); from 0x80 up it is a
+/// multiple of 16 up to 2032.
+fn splitter_plan(src: &mut Source<'_>) -> (usize, Vec<usize>) {
+    let max = 4 + src.byte() as usize;
+    let count = src.below(8);
+    let sizes = src
+        .take(count)
+        .iter()
+        .map(|&b| {
+            if b < 0x80 {
+                b as usize
+            } else {
+                (b as usize - 0x80) * 16
+            }
+        })
+        .collect();
+    (max, sizes)
+}
+
+/// Cuts `data` into chunks whose sizes cycle through `sizes`; one chunk
+/// when `sizes` is empty or all zero.
+fn chunks<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+    if sizes.iter().all(|&s| s == 0) {
+        return vec![data];
+    }
+    let mut out = Vec::new();
+    let mut rest = data;
+    for &size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (head, tail) = rest.split_at(size.min(rest.len()));
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
+
+/// Feeds `chunks` to a fresh splitter with limit `max`, checking the memory
+/// bound after every call, and returns every line it emits.
+fn split_lines(max: usize, chunks: &[&[u8]]) -> Vec<Vec<u8>> {
+    let mut s = LineSplitter::new(max);
+    assert_eq!(s.max(), max, "a limit of at least 4 is kept as given");
+    let mut lines = Vec::new();
+    for chunk in chunks {
+        s.feed(chunk, |l| lines.push(l.to_vec()));
+        assert!(
+            s.buffered() <= s.max(),
+            "splitter holds {} bytes between calls, more than its limit {}",
+            s.buffered(),
+            s.max()
+        );
+    }
+    s.finish(|l| lines.push(l.to_vec()));
+    assert_eq!(s.buffered(), 0, "finish leaves bytes held");
+    lines
+}
+
+/// The length of the valid UTF-8 character starting at `at`, if one does.
+fn char_len_at(data: &[u8], at: usize) -> Option<usize> {
+    let window = &data[at..(at + 4).min(data.len())];
+    let first = window.utf8_chunks().next()?;
+    first.valid().chars().next().map(char::len_utf8)
+}
+
+/// The line splitter's properties, for any bytes.
+///
+/// Input layout: see `splitter_plan`; the rest of the input is the byte
+/// stream. Checks that the lines are the same whatever the chunking (all at
+/// once, byte by byte, the planned chunks), that no line is longer than the
+/// limit or holds `\n`, that the lines joined with the newlines that ended
+/// them are exactly the input, that a line is only cut when it is too long
+/// and never inside a valid UTF-8 character, and that the splitter never
+/// holds more than its limit between calls.
+pub fn check_lines(data: &[u8]) {
+    let mut src = Source::new(data);
+    let (max, sizes) = splitter_plan(&mut src);
+    let input = src.rest();
+
+    assert_eq!(
+        lines::find_newline(input),
+        input.iter().position(|&b| b == b'\n'),
+        "find_newline disagrees with a byte search"
+    );
+
+    let whole = split_lines(max, &[input]);
+    let planned = split_lines(max, &chunks(input, &sizes));
+    assert_eq!(
+        planned, whole,
+        "max {max}: chunks of sizes {sizes:?} give other lines than one feed"
+    );
+    let bytewise: Vec<&[u8]> = input.chunks(1).collect();
+    let bytewise = split_lines(max, &bytewise);
+    assert_eq!(
+        bytewise, whole,
+        "max {max}: byte-by-byte feeding gives other lines than one feed"
+    );
+
+    // Walk the input along the lines: each line is the next bytes of the
+    // input, followed by the `\n` that ended it unless it is a piece of a
+    // longer line or the unterminated last line.
+    let mut pos = 0;
+    for (i, line) in whole.iter().enumerate() {
+        assert!(
+            line.len() <= max,
+            "line {i} has {} bytes, more than the limit {max}",
+            line.len()
+        );
+        assert!(!line.contains(&b'\n'), "line {i} contains a newline");
+        let end = pos + line.len();
+        assert!(
+            end <= input.len() && input[pos..end] == line[..],
+            "line {i} is not the next {} input bytes at offset {pos}: bytes were invented or lost",
+            line.len()
+        );
+        pos = end;
+        if input.get(pos) == Some(&b'\n') {
+            pos += 1;
+            continue;
+        }
+        if pos == input.len() {
+            assert_eq!(i + 1, whole.len(), "lines emitted after the end of input");
+            continue;
+        }
+        // A piece of a longer line: only when the line did not fit, and at
+        // most 3 bytes short of the limit (to keep a character whole).
+        let start = pos - line.len();
+        let line_end = input[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(input.len(), |n| start + n);
+        assert!(
+            line_end - start > max,
+            "line {i} ({} bytes at offset {start}) was cut although its full length {} fits the limit {max}",
+            line.len(),
+            line_end - start
+        );
+        assert!(
+            line.len() + 3 >= max && !line.is_empty(),
+            "line {i} was cut at {} bytes, more than 3 short of the limit {max}",
+            line.len()
+        );
+        for back in 1..=3.min(line.len()) {
+            if let Some(len) = char_len_at(input, pos - back) {
+                assert!(
+                    len <= back,
+                    "line {i} was cut inside a valid {len}-byte UTF-8 character at offset {}",
+                    pos - back
+                );
+            }
+        }
+    }
+    assert_eq!(
+        pos,
+        input.len(),
+        "the lines cover only {pos} of {} input bytes",
+        input.len()
+    );
+}
+
+/// The characters of a daemon name.
+const NAME_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-";
+
+fn gen_name(src: &mut Source<'_>, longest: usize) -> String {
+    let len = 1 + src.below(longest);
+    (0..len)
+        .map(|_| NAME_CHARS[src.below(NAME_CHARS.len())] as char)
+        .collect()
+}
+
+/// The framing properties, for any bytes.
+///
+/// Input layout: one byte for the name's length and one per name
+/// character, then a splitter plan (see `splitter_plan`), two bytes of an
+/// output buffer size, then the byte stream. Checks that the framed output
+/// is valid UTF-8, that every output line is `[name] ` followed by one
+/// emitted line with invalid UTF-8 replaced as `String::from_utf8_lossy`
+/// does, that every `feed` (and the final `finish`) stays within
+/// `lines::framed_bound`, and that `lines::input_allowance` is its inverse.
+pub fn check_framing(data: &[u8]) {
+    let mut src = Source::new(data);
+    let name = gen_name(&mut src, 16);
+    let prefix = format!("[{name}] ");
+    let (max, sizes) = splitter_plan(&mut src);
+    let room = u16::from_le_bytes([src.byte(), src.byte()]) as usize * 4;
+    let input = src.rest();
+    let p = prefix.len();
+
+    let mut s = LineSplitter::new(max);
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut out = Vec::new();
+    let parts = chunks(input, &sizes);
+    for (k, chunk) in parts.iter().enumerate() {
+        let held = s.buffered();
+        let mut call = Vec::new();
+        s.feed(chunk, |l| {
+            lines.push(l.to_vec());
+            lines::push_framed(&mut call, prefix.as_bytes(), l);
+        });
+        if k + 1 == parts.len() {
+            // The bound covers a final `finish` after the last feed.
+            s.finish(|l| {
+                lines.push(l.to_vec());
+                lines::push_framed(&mut call, prefix.as_bytes(), l);
+            });
+        }
+        let bound = lines::framed_bound(held, chunk.len(), p);
+        assert!(
+            call.len() <= bound,
+            "max {max}, prefix {p} bytes, {held} bytes held: feeding {} bytes framed {} bytes, more than framed_bound {bound}",
+            chunk.len(),
+            call.len()
+        );
+        check_allowance(held, chunk.len(), p, room);
+        out.extend_from_slice(&call);
+    }
+    if parts.is_empty() {
+        s.finish(|l| lines::push_framed(&mut out, prefix.as_bytes(), l));
+        assert!(out.is_empty(), "finish without input framed {out:?}");
+    }
+
+    let text = match std::str::from_utf8(&out) {
+        Ok(t) => t,
+        Err(e) => panic!("framed output is not valid UTF-8: {e}"),
+    };
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "framed output does not end with a newline"
+    );
+    let out_lines: Vec<&str> = text.split_terminator('\n').collect();
+    assert_eq!(
+        out_lines.len(),
+        lines.len(),
+        "{} lines emitted but {} output lines",
+        lines.len(),
+        out_lines.len()
+    );
+    for (i, (got, line)) in out_lines.iter().zip(&lines).enumerate() {
+        let Some(body) = got.strip_prefix(&prefix) else {
+            panic!("output line {i} {got:?} does not start with {prefix:?}");
+        };
+        assert_eq!(
+            body,
+            String::from_utf8_lossy(line),
+            "output line {i} is not the emitted line with U+FFFD replacement"
+        );
+    }
+}
+
+/// `input_allowance` inverts `framed_bound`: the allowance for the exact
+/// bound of `n` bytes is `n`, and the allowance for any `room` fits it and
+/// is the largest that does.
+fn check_allowance(held: usize, n: usize, p: usize, room: usize) {
+    let bound = lines::framed_bound(held, n, p);
+    assert_eq!(
+        lines::input_allowance(bound, held, p),
+        n,
+        "input_allowance(framed_bound(n)) is not n for n = {n}, held {held}, prefix {p}"
+    );
+    let a = lines::input_allowance(room, held, p);
+    if a > 0 {
+        assert!(
+            lines::framed_bound(held, a, p) <= room,
+            "input_allowance({room}) = {a} does not fit the room"
+        );
+    }
+    assert!(
+        lines::framed_bound(held, a + 1, p) > room,
+        "input_allowance({room}) = {a} is not the largest that fits"
+    );
+}
+
+/// How many lines `text` has: a final `\n` ends the last line, it does not
+/// start another.
+fn line_count(text: &[u8]) -> usize {
+    let newlines = text.iter().filter(|&&b| b == b'\n').count();
+    if text.is_empty() || text.ends_with(b"\n") {
+        newlines
+    } else {
+        newlines + 1
+    }
+}
+
+/// The invariants of a table `parse` accepted.
+fn check_table(table: &[DaemonSpec], text: &[u8]) {
+    for (i, d) in table.iter().enumerate() {
+        assert!(
+            procfile::is_valid_name(&d.name),
+            "parsed an invalid name {:?} from {text:?}",
+            d.name
+        );
+        assert!(
+            table[..i].iter().all(|e| e.name != d.name),
+            "parsed duplicate name {:?} from {text:?}",
+            d.name
+        );
+        assert!(!d.argv.is_empty(), "parsed an empty command from {text:?}");
+        assert!(
+            d.argv.iter().all(|w| !w.contains('\0')),
+            "parsed a word with NUL from {text:?}"
+        );
+    }
+}
+
+/// Parses `text`, which must give `table`.
+fn check_parses_to(text: &str, table: &[DaemonSpec], how: &str) {
+    match procfile::parse(text.as_bytes()) {
+        Ok(t) => assert_eq!(t, table, "{how} text {text:?} parses to another table"),
+        Err(e) => panic!("{how} text {text:?} of table {table:?} does not parse: {e}"),
+    }
+}
+
+/// Characters that words are made of: everything the Procfile syntax
+/// treats specially, blanks, and some plain ones.
+const WORD_CHARS: &[char] = &[
+    ' ', '\t', '\r', '\n', '\'', '"', '\\', '#', '$', '`', ':', '=', ';', '|', '&', '*', '?', '~',
+    '!', '{', '}', '(', ')', '<', '>', '%', '^', ',', '+', '@', '/', '.', '-', '_', 'a', 'Z', '0',
+    '9', 'é', '😀', '\u{fffd}', '\u{7f}', '\u{1}',
+];
+
+fn gen_char(src: &mut Source<'_>) -> char {
+    let b = src.byte();
+    if b < 0xC0 {
+        return WORD_CHARS[b as usize % WORD_CHARS.len()];
+    }
+    let code = u32::from(b & 0x3F) << 16 | u32::from(src.byte()) << 8 | u32::from(src.byte());
+    match char::from_u32(code % 0x11_0000) {
+        Some('\0') | None => 'é',
+        Some(c) => c,
+    }
+}
+
+/// A table drawn from the input: 0..=5 daemons with unique names, 1..=5
+/// words each, words of 0..=11 arbitrary characters (no NUL).
+fn gen_table(src: &mut Source<'_>) -> Vec<DaemonSpec> {
+    let mut table: Vec<DaemonSpec> = Vec::new();
+    for _ in 0..src.below(6) {
+        let mut name = gen_name(src, 8);
+        while table.iter().any(|d| d.name == name) {
+            name.push('_');
+        }
+        let argv = (0..1 + src.below(5))
+            .map(|_| (0..src.below(12)).map(|_| gen_char(src)).collect())
+            .collect();
+        table.push(DaemonSpec { name, argv });
+    }
+    table
+}
+
+/// Text without a newline, for comments.
+fn gen_comment(src: &mut Source<'_>) -> String {
+    (0..src.below(8))
+        .map(|_| gen_char(src))
+        .filter(|&c| c != '\n')
+        .collect()
+}
+
+fn is_bare(c: char) -> bool {
+    !matches!(c, ' ' | '\t' | '\r' | '\n' | '\'' | '"' | '\\' | '#')
+}
+
+/// `word` written in one of several equivalent ways, chosen by the input:
+/// as `procfile::quote` writes it, or as a mix of bare characters,
+/// backslash escapes, single- and double-quoted runs and backslash-newline
+/// continuations. A zero byte picks `quote`.
+fn encode_word(src: &mut Source<'_>, word: &str) -> String {
+    if src.below(4) == 0 {
+        return procfile::quote(word);
+    }
+    if word.is_empty() {
+        return if src.below(2) == 0 { "''" } else { "\"\"" }.to_string();
+    }
+    let mut out = String::new();
+    let chars: Vec<char> = word.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let run = 1 + src.below(4);
+        let run = &chars[i..(i + run).min(chars.len())];
+        i += run.len();
+        match src.below(5) {
+            // Single quotes hold anything but a single quote.
+            0 if !run.contains(&'\'') => {
+                out.push('\'');
+                out.extend(run);
+                out.push('\'');
+            }
+            // Double quotes: `"`, `\`, `$` and backquote escaped, and a
+            // continuation that disappears.
+            1 => {
+                out.push('"');
+                for &c in run {
+                    if matches!(c, '"' | '\\' | '$' | '`') {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                    if src.below(8) == 0 {
+                        out.push_str("\\\n");
+                    }
+                }
+                out.push('"');
+            }
+            // A continuation between two parts of a word.
+            2 if !out.is_empty() => {
+                out.push_str("\\\n");
+                for &c in run {
+                    push_escaped(&mut out, c);
+                }
+            }
+            _ => {
+                for &c in run {
+                    push_escaped(&mut out, c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `c` outside quotes: bare if that is safe, else escaped with a backslash;
+/// a newline, which a backslash would turn into a continuation, quoted.
+fn push_escaped(out: &mut String, c: char) {
+    if c == '\n' {
+        out.push_str("'\n'");
+    } else if is_bare(c) {
+        out.push(c);
+    } else {
+        out.push('\\');
+        out.push(c);
+    }
+}
+
+/// A blank run of 0..=2 spaces, tabs or carriage returns.
+fn blanks(src: &mut Source<'_>, at_least: usize) -> String {
+    (0..at_least + src.below(3))
+        .map(|_| [' ', '\t', ' ', '\r'][src.below(4)])
+        .collect()
+}
+
+/// `table` written as a Procfile with blank and comment lines, blanks
+/// around names and colons, continuations between words, trailing
+/// comments, CRLF line ends and a missing final newline, all chosen by the
+/// input.
+fn render_noisy(src: &mut Source<'_>, table: &[DaemonSpec]) -> String {
+    let mut text = String::new();
+    for (k, d) in table.iter().enumerate() {
+        for _ in 0..src.below(3) {
+            match src.below(3) {
+                0 => text.push('\n'),
+                1 => {
+                    text.push_str(&blanks(src, 0));
+                    text.push('#');
+                    text.push_str(&gen_comment(src));
+                    text.push('\n');
+                }
+                _ => {
+                    text.push_str(&blanks(src, 1));
+                    text.push('\n');
+                }
+            }
+        }
+        text.push_str(&blanks(src, 0));
+        text.push_str(&d.name);
+        text.push_str(&blanks(src, 0));
+        text.push(':');
+        for w in &d.argv {
+            match src.below(6) {
+                0 => {
+                    text.push_str(&blanks(src, 0));
+                    text.push_str("\\\n");
+                    text.push_str(&blanks(src, 0));
+                    text.push(' ');
+                }
+                _ => text.push_str(&blanks(src, 1)),
+            }
+            text.push_str(&encode_word(src, w));
+        }
+        text.push_str(&blanks(src, 0));
+        if src.below(4) == 1 {
+            text.push_str(" #");
+            text.push_str(&gen_comment(src));
+        }
+        let last = k + 1 == table.len();
+        match src.below(4) {
+            1 => text.push_str("\r\n"),
+            2 if last => {}
+            _ => text.push('\n'),
+        }
+    }
+    text
+}
+
+/// The Procfile parser's properties, for any bytes.
+///
+/// The input is used twice. As Procfile text: `parse` must not panic, an
+/// error must name a line the text has, and an accepted table must be valid
+/// and survive `render` and `parse` again. As a recipe: a table is drawn
+/// from it (names from the allowed characters, words of arbitrary
+/// characters including quotes, backslashes, `#`, newlines, blanks and
+/// empty words), and `render` of it, as well as a noisier but equivalent
+/// rendering, must parse back to that table.
+pub fn check_procfile(data: &[u8]) {
+    match procfile::parse(data) {
+        Ok(table) => {
+            check_table(&table, data);
+            check_parses_to(&procfile::render(&table), &table, "rendered");
+        }
+        Err(e) => {
+            let lines = line_count(data);
+            assert!(
+                (1..=lines).contains(&e.line),
+                "error \"{e}\" names line {} of a text with {lines} lines: {:?}",
+                e.line,
+                String::from_utf8_lossy(data)
+            );
+            assert!(!e.problem.is_empty(), "error without a problem");
+        }
+    }
+
+    let mut src = Source::new(data);
+    let table = gen_table(&mut src);
+    check_parses_to(&procfile::render(&table), &table, "rendered");
+    for w in table.iter().flat_map(|d| &d.argv) {
+        let q = procfile::quote(w);
+        if !w.is_empty() && q == *w {
+            assert!(
+                w.chars().all(is_bare),
+                "quote leaves {w:?} bare though it has special characters"
+            );
+        }
+    }
+    let noisy = render_noisy(&mut src, &table);
+    check_parses_to(&noisy, &table, "noisy");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_small_inputs_pass() {
+        for data in [
+            &b""[..],
+            b"\0",
+            b"\xff\xff",
+            b"a: b\n",
+            b"\x04\x02\x01\x02abc\ndef",
+        ] {
+            check_lines(data);
+            check_framing(data);
+            check_procfile(data);
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_input() {
+        let data: Vec<u8> = (0..100).collect();
+        for sizes in [vec![], vec![0], vec![1], vec![3, 0, 7], vec![200]] {
+            let parts = chunks(&data, &sizes);
+            assert_eq!(parts.concat(), data, "{sizes:?}");
+        }
+    }
+
+    #[test]
+    fn line_count_counts_lines() {
+        assert_eq!(line_count(b""), 0);
+        assert_eq!(line_count(b"a"), 1);
+        assert_eq!(line_count(b"a\n"), 1);
+        assert_eq!(line_count(b"a\nb"), 2);
+        assert_eq!(line_count(b"\n\n"), 2);
+    }
+}
