@@ -53,39 +53,63 @@ impl LineSplitter {
     }
 
     /// Consumes `data`, calling `emit` with every line it completes.
-    pub fn feed(&mut self, mut data: &[u8], mut emit: impl FnMut(&[u8])) {
+    pub fn feed(&mut self, data: &[u8], mut emit: impl FnMut(&[u8])) {
+        self.feed_until(data, |line| {
+            emit(line);
+            true
+        });
+    }
+
+    /// Like [`feed`](Self::feed), but stops right after a line for which
+    /// `emit` returns false, and returns how many bytes of `data` it
+    /// consumed. The caller feeds the rest later, in order; the lines are
+    /// then the same as from one `feed`. This lets the caller bound its
+    /// output buffer whatever the expansion of the input (a stream of empty
+    /// lines grows by the prefix length per byte).
+    pub fn feed_until(&mut self, data: &[u8], mut emit: impl FnMut(&[u8]) -> bool) -> usize {
+        let total = data.len();
+        let mut data = data;
         while !data.is_empty() {
             // The current line may take `room` more bytes before it is too long;
             // a newline right after them still ends a line of exactly `max`.
             let room = self.max - self.partial.len();
             let window = &data[..data.len().min(room + 1)];
-            if let Some(i) = find_newline(window) {
-                if self.partial.is_empty() {
-                    emit(&data[..i]);
+            let more = if let Some(i) = find_newline(window) {
+                let more = if self.partial.is_empty() {
+                    emit(&data[..i])
                 } else {
                     self.partial.extend_from_slice(&data[..i]);
-                    emit(&self.partial);
+                    let more = emit(&self.partial);
                     self.partial.clear();
-                }
+                    more
+                };
                 data = &data[i + 1..];
+                more
             } else if data.len() > room {
                 // More than `max` bytes without a newline: emit a piece.
                 if self.partial.is_empty() {
                     let cut = utf8_safe_cut(&data[..self.max]);
-                    emit(&data[..cut]);
+                    let more = emit(&data[..cut]);
                     data = &data[cut..];
+                    more
                 } else {
                     self.partial.extend_from_slice(&data[..room]);
                     data = &data[room..];
                     let cut = utf8_safe_cut(&self.partial);
-                    emit(&self.partial[..cut]);
+                    let more = emit(&self.partial[..cut]);
                     self.partial.drain(..cut);
+                    more
                 }
             } else {
                 self.partial.extend_from_slice(data);
-                return;
+                data = &[];
+                true
+            };
+            if !more {
+                break;
             }
         }
+        total - data.len()
     }
 
     /// Ends the stream: emits the unterminated last line, if any, and
@@ -155,26 +179,6 @@ pub fn push_framed(out: &mut Vec<u8>, prefix: &[u8], line: &[u8]) {
         }
     }
     out.push(b'\n');
-}
-
-/// The most bytes [`push_framed`] can append for the lines completed by
-/// feeding `input` new bytes to a splitter holding `buffered` bytes, with a
-/// prefix of `prefix` bytes (plus a final [`LineSplitter::finish`]).
-///
-/// Every emitted line but those holding `buffered` bytes (at most two, as
-/// pieces are at least `MIN_LINE_MAX - 3` bytes and lines at most
-/// `max >= buffered`) consumes at least one new byte, and replacement
-/// at most triples the bytes of a line.
-pub fn framed_bound(buffered: usize, input: usize, prefix: usize) -> usize {
-    (input + 3) * (prefix + 1) + 3 * (buffered + input)
-}
-
-/// The most new bytes that may be fed to a splitter holding `buffered`
-/// bytes so that the framed output fits in `room` bytes: the inverse of
-/// [`framed_bound`].
-pub fn input_allowance(room: usize, buffered: usize, prefix: usize) -> usize {
-    let fixed = 3 * (prefix + 1) + 3 * buffered;
-    room.saturating_sub(fixed) / (prefix + 4)
 }
 
 #[cfg(test)]
@@ -305,38 +309,26 @@ mod tests {
     }
 
     #[test]
-    fn framed_output_stays_within_the_bound() {
-        let prefix = b"[some-daemon] ";
-        let worst: [&[u8]; 4] = [b"\n", b"\xff\n", b"\xff", b"\xe2\x82\n"];
-        for max in [4, 64, 1024] {
-            for pattern in worst {
-                for buffered in [0usize, 1, max] {
-                    let mut s = LineSplitter::new(max);
-                    let mut out = Vec::new();
-                    s.feed(&vec![0xff; buffered], |l| push_framed(&mut out, prefix, l));
-                    out.clear();
-                    let held = s.buffered();
-                    let input: Vec<u8> = pattern.iter().copied().cycle().take(4096).collect();
-                    s.feed(&input, |l| push_framed(&mut out, prefix, l));
-                    s.finish(|l| push_framed(&mut out, prefix, l));
-                    assert!(
-                        out.len() <= framed_bound(held, input.len(), prefix.len()),
-                        "max {max} pattern {pattern:?} held {held}: {} bytes",
-                        out.len()
-                    );
+    fn feed_until_stops_after_a_line_and_resumes_exactly() {
+        let input: &[u8] = b"one\ntwo\nthree four five six\n\n\nlast";
+        for max in [4, 7, 64] {
+            let want = lines(max, &[input]);
+            for budget in 1..6 {
+                let mut s = LineSplitter::new(max);
+                let mut got = Vec::new();
+                let mut rest = input;
+                while !rest.is_empty() {
+                    let mut n = 0;
+                    let used = s.feed_until(rest, |l| {
+                        got.push(l.to_vec());
+                        n += 1;
+                        n < budget
+                    });
+                    assert!(used > 0, "no progress");
+                    rest = &rest[used..];
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn allowance_inverts_the_bound() {
-        for room in [0, 100, 4096, 262_144] {
-            for buffered in [0, 10, 65_536] {
-                let n = input_allowance(room, buffered, 9);
-                if n > 0 {
-                    assert!(framed_bound(buffered, n, 9) <= room);
-                }
+                s.finish(|l| got.push(l.to_vec()));
+                assert_eq!(got, want, "max {max} budget {budget}");
             }
         }
     }

@@ -17,9 +17,12 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-/// The buffer size below which daemon output is no longer read. Large
-/// enough for 4 full-size reads per wake-up, small enough to stay cheap.
-pub const DEFAULT_CAPACITY: usize = 256 * 1024;
+/// The buffer size past which daemon output is no longer framed: room for
+/// a few full reads per wake-up, small enough to stay cheap.
+pub const DEFAULT_CAPACITY: usize = 512 * 1024;
+/// The capacity asked for a stdout pipe: what we write in one wake-up fits
+/// without waiting for the reader.
+const STDOUT_PIPE_SIZE: i32 = 1024 * 1024;
 
 /// Where the lines go and how.
 #[derive(Debug)]
@@ -30,8 +33,9 @@ pub struct Output {
     _owned: Option<OwnedFd>,
     /// Flags of fd 1 to put back at exit, when we changed them.
     restore: Option<OFlag>,
-    /// Whole framed lines not yet written. Kept under `capacity` by the
-    /// event loop, except for sidecar-init's own (few, short) lines.
+    /// Whole framed lines not yet written. The event loop stops framing
+    /// daemon output once it reaches `capacity`, so it exceeds that by at
+    /// most one framed line plus sidecar-init's own (few, short) lines.
     buf: Vec<u8>,
     capacity: usize,
     /// Writes never block; `writable` tracks readiness.
@@ -89,6 +93,9 @@ impl Output {
             if !flags.contains(OFlag::O_NONBLOCK) {
                 out.restore = Some(flags);
             }
+            // Only works on a pipe, and only up to /proc/sys/fs/pipe-max-size
+            // without privilege: best effort.
+            let _ = fcntl(io::stdout(), FcntlArg::F_SETPIPE_SZ(STDOUT_PIPE_SIZE));
             out.nonblocking = true;
             out.pollable = true;
         }
@@ -118,6 +125,11 @@ impl Output {
     /// Bytes that may still be appended before daemon output must wait.
     pub fn room(&self) -> usize {
         self.capacity.saturating_sub(self.buf.len())
+    }
+
+    /// The size past which daemon output waits (one line may overshoot it).
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// The buffer, for appending framed lines (see `lines::push_framed`).

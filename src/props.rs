@@ -223,52 +223,61 @@ fn gen_name(src: &mut Source<'_>, longest: usize) -> String {
 ///
 /// Input layout: one byte for the name's length and one per name
 /// character, then a splitter plan (see `splitter_plan`), two bytes of an
-/// output buffer size, then the byte stream. Checks that the framed output
-/// is valid UTF-8, that every output line is `[name] ` followed by one
-/// emitted line with invalid UTF-8 replaced as `String::from_utf8_lossy`
-/// does, that every `feed` (and the final `finish`) stays within
-/// `lines::framed_bound`, and that `lines::input_allowance` is its inverse.
+/// output buffer size, then the byte stream. The chunks are fed as the
+/// event loop feeds them: with `feed_until`, stopping once the framed
+/// output reaches the buffer size, the buffer then "written" and the rest
+/// of the chunk fed again. Checks that every such call makes progress,
+/// that the buffer never exceeds its size by more than one framed line,
+/// that the lines are those of a plain `feed` of the whole input, that the
+/// framed output is valid UTF-8 and that every output line is `[name] `
+/// followed by one emitted line with invalid UTF-8 replaced as
+/// `String::from_utf8_lossy` does.
 pub fn check_framing(data: &[u8]) {
     let mut src = Source::new(data);
     let name = gen_name(&mut src, 16);
     let prefix = format!("[{name}] ");
     let (max, sizes) = splitter_plan(&mut src);
-    let room = u16::from_le_bytes([src.byte(), src.byte()]) as usize * 4;
+    let room = (u16::from_le_bytes([src.byte(), src.byte()]) as usize * 4).max(1);
     let input = src.rest();
     let p = prefix.len();
+    // The most one framed line can take: prefix, every byte replaced by
+    // U+FFFD (3 bytes), newline.
+    let one_line = p + 3 * max + 1;
 
     let mut s = LineSplitter::new(max);
     let mut lines: Vec<Vec<u8>> = Vec::new();
     let mut out = Vec::new();
-    let parts = chunks(input, &sizes);
-    for (k, chunk) in parts.iter().enumerate() {
-        let held = s.buffered();
-        let mut call = Vec::new();
-        s.feed(chunk, |l| {
-            lines.push(l.to_vec());
-            lines::push_framed(&mut call, prefix.as_bytes(), l);
-        });
-        if k + 1 == parts.len() {
-            // The bound covers a final `finish` after the last feed.
-            s.finish(|l| {
+    for chunk in chunks(input, &sizes) {
+        let mut rest = chunk;
+        loop {
+            let mut buf = Vec::new(); // the output buffer, just written out
+            let used = s.feed_until(rest, |l| {
                 lines.push(l.to_vec());
-                lines::push_framed(&mut call, prefix.as_bytes(), l);
+                lines::push_framed(&mut buf, prefix.as_bytes(), l);
+                buf.len() < room
             });
+            assert!(
+                buf.len() <= room + one_line,
+                "max {max}, prefix {p}: the buffer reached {} bytes, more than {room} + one line",
+                buf.len()
+            );
+            out.extend_from_slice(&buf);
+            assert!(used > 0 || rest.is_empty(), "feed_until made no progress");
+            rest = &rest[used..];
+            if rest.is_empty() {
+                break;
+            }
         }
-        let bound = lines::framed_bound(held, chunk.len(), p);
-        assert!(
-            call.len() <= bound,
-            "max {max}, prefix {p} bytes, {held} bytes held: feeding {} bytes framed {} bytes, more than framed_bound {bound}",
-            chunk.len(),
-            call.len()
-        );
-        check_allowance(held, chunk.len(), p, room);
-        out.extend_from_slice(&call);
     }
-    if parts.is_empty() {
-        s.finish(|l| lines::push_framed(&mut out, prefix.as_bytes(), l));
-        assert!(out.is_empty(), "finish without input framed {out:?}");
-    }
+    s.finish(|l| {
+        lines.push(l.to_vec());
+        lines::push_framed(&mut out, prefix.as_bytes(), l);
+    });
+    assert_eq!(
+        lines,
+        split_lines(max, &[input]),
+        "stopping and resuming changed the lines"
+    );
 
     let text = match std::str::from_utf8(&out) {
         Ok(t) => t,
@@ -296,29 +305,6 @@ pub fn check_framing(data: &[u8]) {
             "output line {i} is not the emitted line with U+FFFD replacement"
         );
     }
-}
-
-/// `input_allowance` inverts `framed_bound`: the allowance for the exact
-/// bound of `n` bytes is `n`, and the allowance for any `room` fits it and
-/// is the largest that does.
-fn check_allowance(held: usize, n: usize, p: usize, room: usize) {
-    let bound = lines::framed_bound(held, n, p);
-    assert_eq!(
-        lines::input_allowance(bound, held, p),
-        n,
-        "input_allowance(framed_bound(n)) is not n for n = {n}, held {held}, prefix {p}"
-    );
-    let a = lines::input_allowance(room, held, p);
-    if a > 0 {
-        assert!(
-            lines::framed_bound(held, a, p) <= room,
-            "input_allowance({room}) = {a} does not fit the room"
-        );
-    }
-    assert!(
-        lines::framed_bound(held, a + 1, p) > room,
-        "input_allowance({room}) = {a} is not the largest that fits"
-    );
 }
 
 /// How many lines `text` has: a final `\n` ends the last line, it does not
