@@ -63,7 +63,9 @@ impl LineSplitter {
     /// Like [`feed`](Self::feed), but stops right after a line for which
     /// `emit` returns false, and returns how many bytes of `data` it
     /// consumed. The caller feeds the rest later, in order; the lines are
-    /// then the same as from one `feed`. This lets the caller bound its
+    /// then the same as from one `feed`. Every call consumes input or emits
+    /// a line (it consumes nothing when the line it stops after was held
+    /// from earlier calls: a full-length piece). This lets the caller bound its
     /// output buffer whatever the expansion of the input (a stream of empty
     /// lines grows by the prefix length per byte).
     pub fn feed_until(&mut self, data: &[u8], mut emit: impl FnMut(&[u8]) -> bool) -> usize {
