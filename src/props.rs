@@ -252,11 +252,19 @@ pub fn check_framing(data: &[u8]) {
         let mut rest = chunk;
         loop {
             let mut buf = Vec::new(); // the output buffer, just written out
+            // As the event loop frames: UTF-8 validated once per chunk, and
+            // lines cut from a valid chunk trusted. Must match `push_framed`.
+            let mut fast = Vec::new();
+            let valid = std::str::from_utf8(rest).is_ok();
+            let inside = rest.as_ptr_range();
             let used = s.feed_until(rest, |l| {
                 lines.push(l.to_vec());
                 lines::push_framed(&mut buf, prefix.as_bytes(), l);
+                let known = valid && inside.contains(&l.as_ptr());
+                lines::push_framed_known(&mut fast, prefix.as_bytes(), l, known);
                 buf.len() < room
             });
+            assert_eq!(fast, buf, "framing with a chunk-wide UTF-8 check differs");
             assert!(
                 buf.len() <= room + one_line,
                 "max {max}, prefix {p}: the buffer reached {} bytes, more than {room} + one line",

@@ -123,6 +123,8 @@ struct Runtime {
     exit_wait: Option<Instant>,
     /// Bytes read but not yet framed, for lack of room in the output buffer.
     carry: Option<Carry>,
+    /// The pipe slot the next read round starts at.
+    next_pipe: usize,
 }
 
 /// `read_buf[start..end]`: bytes from pipe `slot` still to be framed.
@@ -187,6 +189,7 @@ pub fn run(specs: Vec<DaemonSpec>, settings: Settings) -> io::Result<i32> {
         notifier,
         exit_wait: None,
         carry: None,
+        next_pipe: 0,
     };
     rt.sup.start();
     rt.apply();
@@ -471,8 +474,13 @@ impl Runtime {
                 return;
             }
         }
-        for i in 0..self.pipes.len() {
+        // A round cut short by a full buffer resumes where it stopped, so
+        // the daemons early in the table cannot starve the later ones.
+        let count = self.pipes.len();
+        let first = self.next_pipe;
+        for i in (first..count).chain(0..first) {
             if self.out.room() == 0 {
+                self.next_pipe = i;
                 return;
             }
             let Some(p) = self.pipes[i].as_mut() else {
@@ -485,6 +493,7 @@ impl Runtime {
                 Ok(0) => self.close_pipe(i),
                 Ok(n) => {
                     if !self.pump(i, 0, n) {
+                        self.next_pipe = (i + 1) % count;
                         return;
                     }
                 }
@@ -509,8 +518,14 @@ impl Runtime {
         };
         let (prefix, capacity) = (&self.prefixes[slot], self.out.capacity());
         let buf = self.out.buf();
-        let used = p.splitter.feed_until(&self.read_buf[start..end], |line| {
-            lines::push_framed(buf, prefix, line);
+        let chunk = &self.read_buf[start..end];
+        // Validate UTF-8 once per chunk: a line cut from a valid chunk is
+        // valid (one that began in an earlier chunk is checked on its own).
+        let valid = std::str::from_utf8(chunk).is_ok();
+        let inside = chunk.as_ptr_range();
+        let used = p.splitter.feed_until(chunk, |line| {
+            let known = valid && inside.contains(&line.as_ptr());
+            lines::push_framed_known(buf, prefix, line, known);
             buf.len() < capacity
         });
         if start + used == end {
