@@ -24,6 +24,21 @@ pub const MIN_LINE_MAX: usize = 4;
 ///   exactly the input.
 /// - A last line without a terminator is held until [`finish`](Self::finish).
 /// - Memory held between calls is at most `max` bytes.
+///
+/// ```
+/// use sidecar_init::lines::{LineSplitter, push_framed};
+///
+/// let mut splitter = LineSplitter::new(8);
+/// let mut out = Vec::new();
+/// let mut frame = |line: &[u8]| push_framed(&mut out, b"[web] ", line);
+/// splitter.feed(b"hello\nwor", &mut frame);
+/// splitter.feed(b"ld, a long line\nbad \xff\nno newline", &mut frame);
+/// splitter.finish(&mut frame);
+/// assert_eq!(
+///     String::from_utf8(out).unwrap(),
+///     "[web] hello\n[web] world, a\n[web]  long li\n[web] ne\n[web] bad \u{fffd}\n[web] no newli\n[web] ne\n"
+/// );
+/// ```
 #[derive(Debug)]
 pub struct LineSplitter {
     /// Bytes of the current line that arrived in earlier `feed` calls.

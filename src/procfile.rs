@@ -73,6 +73,17 @@ fn is_name_byte(b: u8) -> bool {
 }
 
 /// Parses Procfile text into a table.
+///
+/// ```
+/// use sidecar_init::procfile::{parse, DaemonSpec};
+///
+/// let table = parse(b"# comment\nweb: nginx -g 'daemon off;'\nlog: sh -c \"tail -F $LOG\"\n").unwrap();
+/// assert_eq!(table[0], DaemonSpec::new("web", &["nginx", "-g", "daemon off;"]));
+/// assert_eq!(table[1].argv, ["sh", "-c", "tail -F $LOG"]); // nothing is expanded
+///
+/// let err = parse(b"web: nginx\nweb: other\n").unwrap_err();
+/// assert_eq!(err.to_string(), "line 2: duplicate daemon name 'web'");
+/// ```
 pub fn parse(text: &[u8]) -> Result<Vec<DaemonSpec>, ParseError> {
     let text = match std::str::from_utf8(text) {
         Ok(t) => t,
