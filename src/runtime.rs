@@ -300,7 +300,6 @@ impl Runtime {
                         reaped_at: None,
                     });
                     log::debug!("notify: {} {} (pid {pid})", event.kind, event.daemon);
-                    self.close_pipe(slot); // a leftover from the last run
                     self.open_pipe(slot, rx);
                     return;
                 }

@@ -238,11 +238,6 @@ impl Supervisor {
         }
     }
 
-    /// Daemon `i`'s name.
-    pub fn name(&self, i: usize) -> &str {
-        &self.daemons[i].name
-    }
-
     /// Starts every daemon, in table order.
     pub fn start(&mut self) {
         for i in 0..self.daemons.len() {
