@@ -393,13 +393,28 @@ int main(int argc, char **argv) {
     }
     int status = 0, reaped = 0;
     int64_t t_exit = -1;
-    if (waitpid(fwd, &status, timed_out ? WNOHANG : 0) == fwd) t_exit = now_ns(), reaped = 1;
+    /* The forwarder's own CPU time (not its children's), read while it is
+     * a zombie: waited for with WNOWAIT, its /proc entry still stands. */
+    siginfo_t si = {0};
+    long long fwd_cpu = -1;
+    if (waitid(P_PID, fwd, &si, WEXITED | WNOWAIT | (timed_out ? WNOHANG : 0)) == 0 && si.si_pid == fwd) {
+        t_exit = now_ns();
+        uint64_t s, c;
+        long r1, r2;
+        proc_sample(fwd, &s, &c, &r1, &r2);
+        fwd_cpu = (long long)c;
+    }
+    if (waitpid(fwd, &status, timed_out ? WNOHANG : 0) == fwd) {
+        if (t_exit < 0) t_exit = now_ns();
+        reaped = 1;
+    }
     kill_leftovers();
     while (waitpid(-1, NULL, 0) > 0) {}
 
     printf("bytes=%llu\n", (unsigned long long)bytes);
     if (t_eof >= 0) printf("eof_ms=%.3f\n", ms(t_eof - t0));
     if (t_exit >= 0) printf("exit_ms=%.3f\n", ms(t_exit - t0));
+    if (fwd_cpu >= 0) printf("fwd_cpu_ms=%.3f\n", ms(fwd_cpu));
     if (reaped && WIFEXITED(status)) printf("status=%d\n", WEXITSTATUS(status));
     else if (reaped) printf("status=sig%d\n", WTERMSIG(status));
     if (timed_out) printf("timeout=1\n");
