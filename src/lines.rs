@@ -161,40 +161,6 @@ fn utf8_safe_cut(head: &[u8]) -> usize {
     len
 }
 
-/// Appends `src` to `out`. Short slices (a prefix, a typical log line) are
-/// copied in 16-byte blocks the compiler inlines, rather than by a call to
-/// the C library's memcpy: musl's, in the static build, has a high fixed
-/// cost, which dominated the output path at two copies per line.
-#[inline]
-fn append(out: &mut Vec<u8>, src: &[u8]) {
-    if src.len() > 256 {
-        out.extend_from_slice(src);
-        return;
-    }
-    let mut blocks = src.chunks_exact(16);
-    for block in &mut blocks {
-        out.extend_from_slice(fixed::<16>(block));
-    }
-    let mut rest = blocks.remainder();
-    if rest.len() >= 8 {
-        out.extend_from_slice(fixed::<8>(&rest[..8]));
-        rest = &rest[8..];
-    }
-    if rest.len() >= 4 {
-        out.extend_from_slice(fixed::<4>(&rest[..4]));
-        rest = &rest[4..];
-    }
-    for &b in rest {
-        out.push(b);
-    }
-}
-
-/// `bytes` as an array of its (known) length, so copies of it inline.
-#[inline(always)]
-fn fixed<const N: usize>(bytes: &[u8]) -> &[u8; N] {
-    bytes.try_into().expect("a slice of the array's length")
-}
-
 /// The index of the first `\n` in `haystack`.
 #[inline]
 pub fn find_newline(haystack: &[u8]) -> Option<usize> {
@@ -204,32 +170,13 @@ pub fn find_newline(haystack: &[u8]) -> Option<usize> {
 }
 
 /// Appends `prefix`, `line` with invalid UTF-8 replaced by U+FFFD (as
-/// `String::from_utf8_lossy` does), and `\n` to `out`.
+/// `String::from_utf8_lossy` does), and `\n` to `out`: the framing of one
+/// line, in its plainest form (the event loop frames with
+/// [`frame::frame_chunk`](crate::frame::frame_chunk), which must give the
+/// same bytes).
 pub fn push_framed(out: &mut Vec<u8>, prefix: &[u8], line: &[u8]) {
-    push_framed_known(out, prefix, line, false);
-}
-
-/// [`push_framed`] for a caller that may already know `line` is valid
-/// UTF-8 (`known_valid`), e.g. because it validated the whole chunk the
-/// line was cut from: one validation per read instead of one per line.
-pub fn push_framed_known(out: &mut Vec<u8>, prefix: &[u8], line: &[u8], known_valid: bool) {
-    out.reserve(prefix.len() + line.len() + 1);
-    append(out, prefix);
-    if known_valid || std::str::from_utf8(line).is_ok() {
-        debug_assert!(std::str::from_utf8(line).is_ok());
-        append(out, line);
-    } else {
-        for chunk in line.utf8_chunks() {
-            out.extend_from_slice(chunk.valid().as_bytes());
-            if !chunk.invalid().is_empty() {
-                out.extend_from_slice(
-                    char::REPLACEMENT_CHARACTER
-                        .encode_utf8(&mut [0; 4])
-                        .as_bytes(),
-                );
-            }
-        }
-    }
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(String::from_utf8_lossy(line).as_bytes());
     out.push(b'\n');
 }
 
@@ -382,16 +329,6 @@ mod tests {
                 s.finish(|l| got.push(l.to_vec()));
                 assert_eq!(got, want, "max {max} budget {budget}");
             }
-        }
-    }
-
-    #[test]
-    fn append_copies_every_length() {
-        let src: Vec<u8> = (0..=255u8).chain(0..=255).collect();
-        for len in 0..src.len() {
-            let mut out = vec![b'x'];
-            append(&mut out, &src[..len]);
-            assert_eq!(&out[1..], &src[..len], "length {len}");
         }
     }
 

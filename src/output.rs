@@ -17,6 +17,8 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
+use crate::frame::FrameBuf;
+
 /// The buffer size past which daemon output is no longer framed: room for
 /// a few full reads per wake-up, small enough to stay cheap.
 pub const DEFAULT_CAPACITY: usize = 512 * 1024;
@@ -36,7 +38,7 @@ pub struct Output {
     /// Whole framed lines not yet written. The event loop stops framing
     /// daemon output once it reaches `capacity`, so it exceeds that by at
     /// most one framed line plus sidecar-init's own (few, short) lines.
-    buf: Vec<u8>,
+    buf: FrameBuf,
     capacity: usize,
     /// Writes never block; `writable` tracks readiness.
     nonblocking: bool,
@@ -61,7 +63,7 @@ impl Output {
             fd: 1,
             _owned: None,
             restore: None,
-            buf: Vec::with_capacity(capacity),
+            buf: FrameBuf::new(capacity),
             capacity,
             nonblocking: false,
             writable: true,
@@ -132,8 +134,8 @@ impl Output {
         self.capacity
     }
 
-    /// The buffer, for appending framed lines (see `lines::push_framed`).
-    pub fn buf(&mut self) -> &mut Vec<u8> {
+    /// The buffer, for appending framed lines (see `frame::frame_chunk`).
+    pub fn buf(&mut self) -> &mut FrameBuf {
         &mut self.buf
     }
 
@@ -152,7 +154,7 @@ impl Output {
     pub fn absorb_log(&mut self) {
         if let Ok(mut queue) = LOG_QUEUE.lock() {
             if !queue.is_empty() {
-                self.buf.extend_from_slice(&queue);
+                self.buf.extend(&queue);
                 queue.clear();
             }
         }
@@ -165,10 +167,9 @@ impl Output {
             self.buf.clear();
             return;
         }
-        let mut written = 0;
-        while written < self.buf.len() {
-            match nix::unistd::write(self.borrowed(), &self.buf[written..]) {
-                Ok(n) => written += n,
+        while !self.buf.is_empty() {
+            match nix::unistd::write(self.borrowed(), self.buf.pending()) {
+                Ok(n) => self.buf.consume(n),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => {
                     self.writable = false;
@@ -182,11 +183,6 @@ impl Output {
                     return;
                 }
             }
-        }
-        if written == self.buf.len() {
-            self.buf.clear();
-        } else {
-            self.buf.drain(..written);
         }
     }
 

@@ -6,6 +6,7 @@
 //! panics with a message naming the broken property when one fails. Not part
 //! of the public interface.
 
+use crate::frame::{self, FrameBuf, Prefix};
 use crate::lines::{self, LineSplitter};
 use crate::procfile::{self, DaemonSpec};
 
@@ -223,22 +224,30 @@ fn gen_name(src: &mut Source<'_>, longest: usize) -> String {
 ///
 /// Input layout: one byte for the name's length and one per name
 /// character, then a splitter plan (see `splitter_plan`), two bytes of an
-/// output buffer size, then the byte stream. The chunks are fed as the
-/// event loop feeds them: with `feed_until`, stopping once the framed
-/// output reaches the buffer size, the buffer then "written" and the rest
-/// of the chunk fed again. Checks that every such call consumes input or
-/// emits a line,
-/// that the buffer never exceeds its size by more than one framed line,
-/// that the lines are those of a plain `feed` of the whole input, that the
-/// framed output is valid UTF-8 and that every output line is `[name] `
-/// followed by one emitted line with invalid UTF-8 replaced as
+/// output buffer size, one byte for the read buffer's slack, then the byte
+/// stream.
+///
+/// The chunks are fed with `feed_until`, stopping once the framed output
+/// reaches the buffer size, the buffer then "written" and the rest of the
+/// chunk fed again. Checks that every such call consumes input or emits a
+/// line, that the buffer never exceeds its size by more than one framed
+/// line, that the lines are those of a plain `feed` of the whole input,
+/// that the framed output is valid UTF-8 and that every output line is
+/// `[name] ` followed by one emitted line with invalid UTF-8 replaced as
 /// `String::from_utf8_lossy` does.
+///
+/// Then the same chunks go through `frame::frame_chunk`, as the event loop
+/// frames them: each copied into a buffer with slack after it (filled with
+/// newlines and high bytes that must never show), the same buffer size.
+/// Checks the same progress and bound, and that the output is byte for
+/// byte the one above.
 pub fn check_framing(data: &[u8]) {
     let mut src = Source::new(data);
-    let name = gen_name(&mut src, 16);
+    let name = gen_name(&mut src, 40);
     let prefix = format!("[{name}] ");
     let (max, sizes) = splitter_plan(&mut src);
     let room = (u16::from_le_bytes([src.byte(), src.byte()]) as usize * 4).max(1);
+    let slack = src.below(2 * frame::BLOCK);
     let input = src.rest();
     let p = prefix.len();
     // The most one framed line can take: prefix, every byte replaced by
@@ -252,19 +261,11 @@ pub fn check_framing(data: &[u8]) {
         let mut rest = chunk;
         loop {
             let mut buf = Vec::new(); // the output buffer, just written out
-            // As the event loop frames: UTF-8 validated once per chunk, and
-            // lines cut from a valid chunk trusted. Must match `push_framed`.
-            let mut fast = Vec::new();
-            let valid = std::str::from_utf8(rest).is_ok();
-            let inside = rest.as_ptr_range();
             let used = s.feed_until(rest, |l| {
                 lines.push(l.to_vec());
                 lines::push_framed(&mut buf, prefix.as_bytes(), l);
-                let known = valid && inside.contains(&l.as_ptr());
-                lines::push_framed_known(&mut fast, prefix.as_bytes(), l, known);
                 buf.len() < room
             });
-            assert_eq!(fast, buf, "framing with a chunk-wide UTF-8 check differs");
             assert!(
                 buf.len() <= room + one_line,
                 "max {max}, prefix {p}: the buffer reached {} bytes, more than {room} + one line",
@@ -294,6 +295,14 @@ pub fn check_framing(data: &[u8]) {
         "stopping and resuming changed the lines"
     );
 
+    let fast = frame_chunks(&prefix, max, &chunks(input, &sizes), room, slack);
+    assert!(
+        fast == out,
+        "frame_chunk differs from the splitter path (max {max}, prefix {p}, room {room}, slack {slack}):\n{:?}\n{:?}",
+        String::from_utf8_lossy(&fast),
+        String::from_utf8_lossy(&out)
+    );
+
     let text = match std::str::from_utf8(&out) {
         Ok(t) => t,
         Err(e) => panic!("framed output is not valid UTF-8: {e}"),
@@ -320,6 +329,46 @@ pub fn check_framing(data: &[u8]) {
             "output line {i} is not the emitted line with U+FFFD replacement"
         );
     }
+}
+
+/// Frames `chunks` as the event loop does (see `check_framing`) and
+/// returns everything written.
+fn frame_chunks(prefix: &str, max: usize, chunks: &[&[u8]], room: usize, slack: usize) -> Vec<u8> {
+    let one_line = prefix.len() + 3 * max + 1;
+    let prefix = Prefix::new(prefix.as_bytes());
+    let mut s = LineSplitter::new(max);
+    let mut buf = FrameBuf::new(room);
+    let mut written = Vec::new();
+    for chunk in chunks {
+        let mut src = chunk.to_vec();
+        src.extend((0..slack).map(|i| if i % 2 == 0 { b'\n' } else { 0xff }));
+        let mut pos = 0;
+        while pos < chunk.len() {
+            let used = frame::frame_chunk(
+                &mut s,
+                &mut buf,
+                &prefix,
+                &src[pos..],
+                chunk.len() - pos,
+                room,
+            );
+            assert!(
+                buf.len() <= room + one_line,
+                "frame_chunk: the buffer reached {} bytes, more than {room} + one line",
+                buf.len()
+            );
+            assert!(
+                used > 0 || !buf.is_empty(),
+                "frame_chunk neither consumed input nor framed a line"
+            );
+            pos += used;
+            written.extend_from_slice(buf.pending());
+            buf.consume(buf.len());
+        }
+    }
+    s.finish(|l| buf.push_framed(prefix.as_bytes(), l, false));
+    written.extend_from_slice(buf.pending());
+    written
 }
 
 /// How many lines `text` has: a final `\n` ends the last line, it does not

@@ -22,7 +22,8 @@ use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::exit::{self, Ending};
-use crate::lines::{self, LineSplitter};
+use crate::frame::{self, Prefix};
+use crate::lines::LineSplitter;
 use crate::notify;
 use crate::output::{self, Output};
 use crate::procfile::DaemonSpec;
@@ -111,10 +112,12 @@ struct Runtime {
     sup: Supervisor,
     specs: Vec<DaemonSpec>,
     /// `[name] ` for each daemon.
-    prefixes: Vec<Vec<u8>>,
+    prefixes: Vec<Prefix>,
     /// Each daemon's pipe until it reaches EOF.
     pipes: Vec<Option<Pipe>>,
     out: Output,
+    /// `READ_SIZE` bytes for reads, then `frame::BLOCK` bytes of slack for
+    /// the framing fast path's block copies.
     read_buf: Vec<u8>,
     settings: Settings,
     /// Its output pipe is the last slot of `pipes`, after the daemons'.
@@ -171,11 +174,11 @@ pub fn run(specs: Vec<DaemonSpec>, settings: Settings) -> io::Result<i32> {
         queue: notify::Queue::new(notify::DEFAULT_CAPACITY),
         run: None,
     });
-    let mut prefixes: Vec<Vec<u8>> = specs
+    let mut prefixes: Vec<Prefix> = specs
         .iter()
-        .map(|s| format!("[{}] ", s.name).into_bytes())
+        .map(|s| Prefix::new(format!("[{}] ", s.name).as_bytes()))
         .collect();
-    prefixes.push(NOTIFY_PREFIX.to_vec());
+    prefixes.push(Prefix::new(NOTIFY_PREFIX));
     let mut rt = Runtime {
         poll,
         signals,
@@ -184,7 +187,7 @@ pub fn run(specs: Vec<DaemonSpec>, settings: Settings) -> io::Result<i32> {
         prefixes,
         specs,
         out,
-        read_buf: vec![0; READ_SIZE],
+        read_buf: vec![0; READ_SIZE + frame::BLOCK],
         settings,
         notifier,
         exit_wait: None,
@@ -488,7 +491,7 @@ impl Runtime {
             if !p.readable {
                 continue;
             }
-            match p.rx.read(&mut self.read_buf) {
+            match p.rx.read(&mut self.read_buf[..READ_SIZE]) {
                 Ok(0) => self.close_pipe(i),
                 Ok(n) => {
                     if !self.pump(i, 0, n) {
@@ -515,18 +518,15 @@ impl Runtime {
         let Some(p) = self.pipes[slot].as_mut() else {
             return true;
         };
-        let (prefix, capacity) = (&self.prefixes[slot], self.out.capacity());
-        let buf = self.out.buf();
-        let chunk = &self.read_buf[start..end];
-        // Validate UTF-8 once per chunk: a line cut from a valid chunk is
-        // valid (one that began in an earlier chunk is checked on its own).
-        let valid = std::str::from_utf8(chunk).is_ok();
-        let inside = chunk.as_ptr_range();
-        let used = p.splitter.feed_until(chunk, |line| {
-            let known = valid && inside.contains(&line.as_ptr());
-            lines::push_framed_known(buf, prefix, line, known);
-            buf.len() < capacity
-        });
+        let capacity = self.out.capacity();
+        let used = frame::frame_chunk(
+            &mut p.splitter,
+            self.out.buf(),
+            &self.prefixes[slot],
+            &self.read_buf[start..],
+            end - start,
+            capacity,
+        );
         if start + used == end {
             return true;
         }
@@ -544,16 +544,16 @@ impl Runtime {
             return;
         };
         let _ = self.poll.registry().deregister(&mut p.rx);
-        let (prefix, buf) = (&self.prefixes[slot], self.out.buf());
+        let (prefix, buf) = (self.prefixes[slot].as_bytes(), self.out.buf());
         if let Some(c) = self.carry.filter(|c| c.slot == slot) {
             // Abandoned with bytes still carried: they go out first.
             self.carry = None;
             let data = &self.read_buf[c.start..c.end];
             p.splitter
-                .feed(data, |line| lines::push_framed(buf, prefix, line));
+                .feed(data, |line| buf.push_framed(prefix, line, false));
         }
         p.splitter
-            .finish(|line| lines::push_framed(buf, prefix, line));
+            .finish(|line| buf.push_framed(prefix, line, false));
         if slot < self.specs.len() {
             self.sup.pipe_closed(slot, Instant::now());
             self.apply();
