@@ -5,17 +5,16 @@
 //! prefix and line) costs two variable-length copies, a UTF-8 check and a
 //! closure call per line; on a stream of short lines that per-line work,
 //! not the bytes, was most of sidecar-init's CPU time. [`frame_chunk`]
-//! takes the common case — complete ASCII lines of ordinary length —
+//! takes the common case — complete, valid lines of ordinary length —
 //! straight from the read buffer into [`FrameBuf`] with fixed-size block
-//! copies that may run up to a block past either end and that check for
-//! non-ASCII bytes on the way. Everything else (a line begun in an earlier
-//! read, a line too long, invalid UTF-8, the unterminated rest) goes to the
-//! splitter, and both paths give the same bytes.
+//! copies that may run up to a block past either end and that look for
+//! non-ASCII bytes on the way (only a line that has some gets a UTF-8
+//! check). Everything else (a line begun in an earlier read, a line too
+//! long, invalid UTF-8, the unterminated rest) goes to the splitter, and
+//! both paths give the same bytes.
 //!
 //! No I/O here: the event loop reads into a buffer, calls [`frame_chunk`]
 //! and writes [`FrameBuf::pending`].
-
-use std::borrow::Cow;
 
 use crate::lines::{self, LineSplitter};
 
@@ -127,19 +126,13 @@ impl FrameBuf {
     /// Appends `prefix`, `line` with invalid UTF-8 replaced by U+FFFD (as
     /// `String::from_utf8_lossy` does) and `\n`: what
     /// [`lines::push_framed`] appends to a `Vec`.
-    pub fn push_framed(&mut self, prefix: &[u8], line: &[u8], known_valid: bool) {
-        let text = if known_valid {
-            Cow::Borrowed(line)
-        } else {
-            match String::from_utf8_lossy(line) {
-                Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
-                Cow::Owned(s) => Cow::Owned(s.into_bytes()),
-            }
-        };
+    pub fn push_framed(&mut self, prefix: &[u8], line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.as_bytes();
         let (p, n) = (prefix.len(), text.len());
         let dst = self.tail(p + n + 1);
         dst[..p].copy_from_slice(prefix);
-        dst[p..p + n].copy_from_slice(&text);
+        dst[p..p + n].copy_from_slice(text);
         dst[p + n] = b'\n';
         self.end += p + n + 1;
     }
@@ -177,7 +170,9 @@ impl FrameBuf {
         max: usize,
         limit: usize,
     ) -> usize {
-        let want = limit.saturating_sub(self.len());
+        // At most the usual buffer size per call, whatever `limit` is: the
+        // room asked for below stays small.
+        let want = limit.saturating_sub(self.len()).min(self.base);
         if want == 0 {
             return 0;
         }
@@ -197,7 +192,7 @@ impl FrameBuf {
             };
             let n = i + 1; // the line and its newline
             let span = n.next_multiple_of(BLOCK);
-            // `span >= BLOCK` and `plen + BLOCK > pblocks.len()`, so the
+            // `span >= BLOCK` and `plen + BLOCK >= pblocks.len()`, so the
             // prefix's blocks fit in `dst` too.
             let (Some(from), Some(dst)) = (
                 src.get(pos..pos + span),
@@ -270,7 +265,7 @@ pub fn frame_chunk(
         // The fast path stopped short of a line it does not take: the
         // splitter takes that one line, then the fast path goes on.
         pos += splitter.feed_until(&src[pos..end], |line| {
-            out.push_framed(prefix.as_bytes(), line, false);
+            out.push_framed(prefix.as_bytes(), line);
             false
         });
     }
@@ -306,7 +301,7 @@ mod tests {
                 out.consume(out.len());
             }
         }
-        s.finish(|l| out.push_framed(prefix.as_bytes(), l, false));
+        s.finish(|l| out.push_framed(prefix.as_bytes(), l));
         written.extend_from_slice(out.pending());
         written
     }
@@ -389,7 +384,7 @@ mod tests {
     fn a_long_line_grows_the_buffer_until_it_is_written() {
         let mut b = FrameBuf::new(8);
         let base = b.mem.len();
-        b.push_framed(b"[a] ", &vec![b'y'; 3 * base], false);
+        b.push_framed(b"[a] ", &vec![b'y'; 3 * base]);
         assert_eq!(b.len(), 3 * base + 5);
         b.consume(10);
         assert!(b.mem.len() > base);
@@ -401,7 +396,7 @@ mod tests {
     #[test]
     fn invalid_utf8_is_replaced_as_the_splitter_path_does() {
         let mut b = FrameBuf::new(8);
-        b.push_framed(b"[a] ", b"ok \xff\xfe end", false);
+        b.push_framed(b"[a] ", b"ok \xff\xfe end");
         assert_eq!(b.pending(), "[a] ok \u{fffd}\u{fffd} end\n".as_bytes());
     }
 }

@@ -224,8 +224,8 @@ fn gen_name(src: &mut Source<'_>, longest: usize) -> String {
 ///
 /// Input layout: one byte for the name's length and one per name
 /// character, then a splitter plan (see `splitter_plan`), two bytes of an
-/// output buffer size, one byte for the read buffer's slack, then the byte
-/// stream.
+/// output buffer size, one byte for the read buffer's slack, one for how
+/// much of the buffer a "write" leaves pending, then the byte stream.
 ///
 /// The chunks are fed with `feed_until`, stopping once the framed output
 /// reaches the buffer size, the buffer then "written" and the rest of the
@@ -238,7 +238,9 @@ fn gen_name(src: &mut Source<'_>, longest: usize) -> String {
 ///
 /// Then the same chunks go through `frame::frame_chunk`, as the event loop
 /// frames them: each copied into a buffer with slack after it (filled with
-/// newlines and high bytes that must never show), the same buffer size.
+/// newlines and high bytes that must never show), the same buffer size,
+/// and each "write" taking all but up to half the buffer size (so framing
+/// resumes with bytes pending, and the buffer moves them to its front).
 /// Checks the same progress and bound, and that the output is byte for
 /// byte the one above.
 pub fn check_framing(data: &[u8]) {
@@ -248,6 +250,7 @@ pub fn check_framing(data: &[u8]) {
     let (max, sizes) = splitter_plan(&mut src);
     let room = (u16::from_le_bytes([src.byte(), src.byte()]) as usize * 4).max(1);
     let slack = src.below(2 * frame::BLOCK);
+    let keep = room / 2 * src.byte() as usize / 255;
     let input = src.rest();
     let p = prefix.len();
     // The most one framed line can take: prefix, every byte replaced by
@@ -295,7 +298,7 @@ pub fn check_framing(data: &[u8]) {
         "stopping and resuming changed the lines"
     );
 
-    let fast = frame_chunks(&prefix, max, &chunks(input, &sizes), room, slack);
+    let fast = frame_chunks(&prefix, max, &chunks(input, &sizes), room, slack, keep);
     assert!(
         fast == out,
         "frame_chunk differs from the splitter path (max {max}, prefix {p}, room {room}, slack {slack}):\n{:?}\n{:?}",
@@ -331,9 +334,17 @@ pub fn check_framing(data: &[u8]) {
     }
 }
 
-/// Frames `chunks` as the event loop does (see `check_framing`) and
-/// returns everything written.
-fn frame_chunks(prefix: &str, max: usize, chunks: &[&[u8]], room: usize, slack: usize) -> Vec<u8> {
+/// Frames `chunks` as the event loop does (see `check_framing`), each
+/// "write" leaving up to `keep` (< `room`) bytes pending, and returns
+/// everything written.
+fn frame_chunks(
+    prefix: &str,
+    max: usize,
+    chunks: &[&[u8]],
+    room: usize,
+    slack: usize,
+    keep: usize,
+) -> Vec<u8> {
     let one_line = prefix.len() + 3 * max + 1;
     let prefix = Prefix::new(prefix.as_bytes());
     let mut s = LineSplitter::new(max);
@@ -344,6 +355,7 @@ fn frame_chunks(prefix: &str, max: usize, chunks: &[&[u8]], room: usize, slack: 
         src.extend((0..slack).map(|i| if i % 2 == 0 { b'\n' } else { 0xff }));
         let mut pos = 0;
         while pos < chunk.len() {
+            let before = buf.len();
             let used = frame::frame_chunk(
                 &mut s,
                 &mut buf,
@@ -358,15 +370,16 @@ fn frame_chunks(prefix: &str, max: usize, chunks: &[&[u8]], room: usize, slack: 
                 buf.len()
             );
             assert!(
-                used > 0 || !buf.is_empty(),
+                used > 0 || buf.len() > before,
                 "frame_chunk neither consumed input nor framed a line"
             );
             pos += used;
-            written.extend_from_slice(buf.pending());
-            buf.consume(buf.len());
+            let n = buf.len() - buf.len().min(keep);
+            written.extend_from_slice(&buf.pending()[..n]);
+            buf.consume(n);
         }
     }
-    s.finish(|l| buf.push_framed(prefix.as_bytes(), l, false));
+    s.finish(|l| buf.push_framed(prefix.as_bytes(), l));
     written.extend_from_slice(buf.pending());
     written
 }

@@ -559,11 +559,9 @@ impl Runtime {
             // Abandoned with bytes still carried: they go out first.
             self.carry = None;
             let data = &self.read_buf[c.start..c.end];
-            p.splitter
-                .feed(data, |line| buf.push_framed(prefix, line, false));
+            p.splitter.feed(data, |line| buf.push_framed(prefix, line));
         }
-        p.splitter
-            .finish(|line| buf.push_framed(prefix, line, false));
+        p.splitter.finish(|line| buf.push_framed(prefix, line));
         if slot < self.specs.len() {
             self.sup.pipe_closed(slot, Instant::now());
             self.apply();
@@ -645,8 +643,6 @@ pub fn describe(e: &io::Error) -> String {
     }
 }
 
-/// When not PID 1, become a child subreaper, so that orphans of the
-/// daemons are re-parented to us and reaped, as they would be by PID 1.
 /// Linux's pipe capacity, which needs no `F_SETPIPE_SZ`.
 const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
@@ -658,6 +654,8 @@ fn pipe_size(daemons: usize) -> usize {
     1 << share.ilog2()
 }
 
+/// When not PID 1, become a child subreaper, so that orphans of the
+/// daemons are re-parented to us and reaped, as they would be by PID 1.
 fn become_reaper() {
     if std::process::id() != 1 {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
