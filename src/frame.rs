@@ -276,34 +276,12 @@ pub fn frame_chunk(
 mod tests {
     use super::*;
 
-    /// Frames `input` in chunks of `chunk` bytes (each copied into a buffer
-    /// with `slack` bytes of newlines after it, which must never show),
-    /// writing out everything whenever `limit` is reached.
+    /// Frames `input` in chunks of `chunk` bytes as the event loop does
+    /// (`props::frame_chunks`: `slack` bytes that must never show after
+    /// each chunk, everything written whenever 64 bytes are pending).
     fn frame(name: &str, max: usize, input: &[u8], chunk: usize, slack: usize) -> Vec<u8> {
-        let prefix = Prefix::new(format!("[{name}] ").as_bytes());
-        let mut s = LineSplitter::new(max);
-        let mut out = FrameBuf::new(64);
-        let mut written = Vec::new();
-        for piece in input.chunks(chunk.max(1)) {
-            let mut src = piece.to_vec();
-            src.resize(piece.len() + slack, b'\n');
-            let mut pos = 0;
-            while pos < piece.len() {
-                pos += frame_chunk(
-                    &mut s,
-                    &mut out,
-                    &prefix,
-                    &src[pos..],
-                    piece.len() - pos,
-                    64,
-                );
-                written.extend_from_slice(out.pending());
-                out.consume(out.len());
-            }
-        }
-        s.finish(|l| out.push_framed(prefix.as_bytes(), l));
-        written.extend_from_slice(out.pending());
-        written
+        let chunks: Vec<&[u8]> = input.chunks(chunk.max(1)).collect();
+        crate::props::frame_chunks(&format!("[{name}] "), max, &chunks, 64, slack, 0)
     }
 
     fn reference(name: &str, max: usize, input: &[u8]) -> Vec<u8> {

@@ -337,7 +337,7 @@ pub fn check_framing(data: &[u8]) {
 /// Frames `chunks` as the event loop does (see `check_framing`), each
 /// "write" leaving up to `keep` (< `room`) bytes pending, and returns
 /// everything written.
-fn frame_chunks(
+pub(crate) fn frame_chunks(
     prefix: &str,
     max: usize,
     chunks: &[&[u8]],

@@ -125,8 +125,6 @@ struct Runtime {
     /// `READ_SIZE` bytes for reads, then `frame::BLOCK` bytes of slack for
     /// the framing fast path's block copies.
     read_buf: Vec<u8>,
-    /// The capacity asked for each daemon pipe (see `pipe_size`).
-    pipe_size: usize,
     settings: Settings,
     /// Its output pipe is the last slot of `pipes`, after the daemons'.
     notifier: Option<Notifier>,
@@ -187,7 +185,6 @@ pub fn run(specs: Vec<DaemonSpec>, settings: Settings) -> io::Result<i32> {
         .map(|s| Prefix::new(format!("[{}] ", s.name).as_bytes()))
         .collect();
     prefixes.push(Prefix::new(NOTIFY_PREFIX));
-    let specs_len = specs.len();
     let mut rt = Runtime {
         poll,
         signals,
@@ -197,7 +194,6 @@ pub fn run(specs: Vec<DaemonSpec>, settings: Settings) -> io::Result<i32> {
         specs,
         out,
         read_buf: vec![0; READ_SIZE + frame::BLOCK],
-        pipe_size: pipe_size(specs_len),
         settings,
         notifier,
         exit_wait: None,
@@ -304,7 +300,7 @@ impl Runtime {
                 return;
             };
             let env = event.env(dropped);
-            match spawn(&n.argv, &env, self.pipe_size) {
+            match spawn(&n.argv, &env, pipe_size(self.specs.len())) {
                 Ok((pid, rx)) => {
                     n.run = Some(NotifyRun {
                         pid,
@@ -420,7 +416,7 @@ impl Runtime {
 
     fn spawn(&mut self, i: usize) {
         let spec = &self.specs[i];
-        match spawn(&spec.argv, &[], self.pipe_size) {
+        match spawn(&spec.argv, &[], pipe_size(self.specs.len())) {
             Ok((pid, rx)) => {
                 log::debug!("{} runs as pid {pid}", spec.name);
                 self.open_pipe(i, rx);
