@@ -169,15 +169,17 @@ impl Output {
         }
         while !self.buf.is_empty() {
             match nix::unistd::write(self.borrowed(), self.buf.pending()) {
-                Ok(n) => self.buf.consume(n),
+                Ok(n) if n > 0 => self.buf.consume(n),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => {
                     self.writable = false;
                     break;
                 }
-                Err(_) => {
-                    // EPIPE (the reader left) or another fatal error: from
-                    // now on output goes nowhere; supervision goes on.
+                Ok(_) | Err(_) => {
+                    // EPIPE (the reader left), another fatal error, or a
+                    // descriptor that takes no bytes and reports no error
+                    // (std's `write_all` calls that `WriteZero`): from now
+                    // on output goes nowhere; supervision goes on.
                     self.discard = true;
                     self.buf.clear();
                     return;

@@ -550,13 +550,29 @@ impl Runtime {
             return;
         };
         let _ = self.poll.registry().deregister(&mut p.rx);
-        let (prefix, buf) = (self.prefixes[slot].as_bytes(), self.out.buf());
         if let Some(c) = self.carry.filter(|c| c.slot == slot) {
-            // Abandoned with bytes still carried: they go out first.
+            // Abandoned with bytes still carried (only the notify command's
+            // pipe, when stdout stalled past its drain period): what fits
+            // under the usual limit goes out, the rest is dropped, as is
+            // whatever was still unread in the pipe.
             self.carry = None;
-            let data = &self.read_buf[c.start..c.end];
-            p.splitter.feed(data, |line| buf.push_framed(prefix, line));
+            let limit = self.out.capacity();
+            let used = frame::frame_chunk(
+                &mut p.splitter,
+                self.out.buf(),
+                &self.prefixes[slot],
+                &self.read_buf[c.start..],
+                c.end - c.start,
+                limit,
+            );
+            let dropped = c.end - c.start - used;
+            if dropped > 0 {
+                log::warn!(
+                    "{dropped} bytes of notify command output dropped: stdout is not being read"
+                );
+            }
         }
+        let (prefix, buf) = (self.prefixes[slot].as_bytes(), self.out.buf());
         p.splitter.finish(|line| buf.push_framed(prefix, line));
         if slot < self.specs.len() {
             self.sup.pipe_closed(slot, Instant::now());

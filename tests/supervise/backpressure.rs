@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use nix::libc::{SIGHUP, SIGTERM};
 
-use crate::harness::{DEADLINE, Reader, Spec, wait_file};
+use crate::harness::{DEADLINE, Init, Reader, Spec, wait_file};
 
 #[test]
 fn a_stalled_stdout_does_not_stall_shutdown() {
@@ -128,4 +128,63 @@ fn unaligned_64k_writes_from_four_daemons_come_out_whole() {
         .take(3)
         .collect();
     assert!(stray.is_empty(), "garbled lines: {stray:?}");
+}
+
+#[test]
+fn an_abandoned_notify_pipe_keeps_memory_bounded_while_stdout_stalls() {
+    // Two daemons exit together once told to, so the notify command runs
+    // twice, one run after the other. Each run prints 900,000 empty lines
+    // (9 MB once framed) into a stdout nobody reads. The first run's pipe
+    // is abandoned after its drain period with much of that output read but
+    // not framed; the second run starting (its file appears) shows that has
+    // happened. Framing those leftovers without the buffer's limit once
+    // grew memory by about 4.6 MiB.
+    let procfile = "\
+a: sh -c 'while [ ! -e go ]; do sleep 0.01; done'
+b: sh -c 'while [ ! -e go ]; do sleep 0.01; done'
+steady: sh -c 'touch steady.ready; exec sleep 1000'
+";
+    let notify = "sh -c 'touch notified.$SIDECAR_INIT_EVENT_DAEMON; yes \"\" | head -n 900000'";
+    let mut init = Spec::procfile(procfile)
+        .args(&["--notify", notify])
+        .stdout(Reader::Stall)
+        .start();
+    let dir = init.dir.path().to_path_buf();
+    assert!(
+        wait_file(&dir.join("steady.ready"), DEADLINE),
+        "steady never started"
+    );
+    let before = peak_rss_kib(&init);
+    std::fs::write(dir.join("go"), "").unwrap();
+    assert!(
+        wait_file(&dir.join("notified.a"), DEADLINE),
+        "no notify run for a"
+    );
+    assert!(
+        wait_file(&dir.join("notified.b"), DEADLINE),
+        "the second notify run never started: the first was not abandoned"
+    );
+    let after = peak_rss_kib(&init);
+    eprintln!("peak RSS: {before} KiB at rest, {after} KiB after an abandoned notify pipe");
+    // The read buffer (512 KiB), the output buffer's memory (about 1 MiB)
+    // and 512 KiB for everything else.
+    let bound = 2048;
+    assert!(
+        after - before <= bound,
+        "peak RSS grew by {} KiB with stdout stalled (bound {bound} KiB): \
+         the leftovers were not bounded",
+        after - before
+    );
+    init.signal(SIGTERM);
+    assert_eq!(init.wait_exit(DEADLINE), 0, "stop with a stalled stdout");
+}
+
+/// VmHWM of sidecar-init, in KiB.
+fn peak_rss_kib(init: &Init) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", init.pid)).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| init.fail(&format!("no VmHWM in {status}")))
 }
