@@ -150,30 +150,44 @@ impl Output {
     }
 
     /// Moves queued log lines into the buffer, keeping their order relative
-    /// to the daemon lines around them.
+    /// to the daemon lines around them. While the buffer is at capacity
+    /// (stdout is behind) they stay queued, where their memory is bounded.
     pub fn absorb_log(&mut self) {
+        if self.buf.len() >= self.capacity {
+            return;
+        }
         if let Ok(mut queue) = LOG_QUEUE.lock() {
-            if !queue.is_empty() {
-                self.buf.extend(&queue);
-                queue.clear();
-            }
+            queue.drain_into(|bytes| self.buf.extend(bytes));
+        }
+    }
+
+    /// Gives up on everything not yet written, queued log lines included
+    /// (stdout stayed stalled past the last deadline): nothing written
+    /// after this may wait for that reader.
+    pub fn abandon(&mut self) {
+        self.buf.clear();
+        if let Ok(mut queue) = LOG_QUEUE.lock() {
+            queue.drain_into(|_| {});
         }
     }
 
     /// Writes as much as stdout takes without blocking.
     pub fn flush(&mut self) {
-        self.absorb_log();
-        if self.discard {
-            self.buf.clear();
-            return;
-        }
-        while !self.buf.is_empty() {
+        loop {
+            self.absorb_log();
+            if self.discard {
+                self.buf.clear();
+                return;
+            }
+            if self.buf.is_empty() {
+                return;
+            }
             match nix::unistd::write(self.borrowed(), self.buf.pending()) {
                 Ok(n) if n > 0 => self.buf.consume(n),
-                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EINTR) => {}
                 Err(nix::errno::Errno::EAGAIN) => {
                     self.writable = false;
-                    break;
+                    return;
                 }
                 Ok(_) | Err(_) => {
                     // EPIPE (the reader left), another fatal error, or a
@@ -207,8 +221,56 @@ impl Drop for Output {
     }
 }
 
+/// The most bytes of log lines kept waiting for a stdout that is behind;
+/// later lines are counted, not kept, until there is room again.
+const LOG_QUEUE_MAX: usize = 64 * 1024;
+
 /// Log lines waiting for the [`Output`] (or for [`write_log_now`]).
-static LOG_QUEUE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static LOG_QUEUE: Mutex<LogQueue> = Mutex::new(LogQueue::new(LOG_QUEUE_MAX));
+
+/// sidecar-init's own lines on their way out, in bounded memory.
+#[derive(Debug)]
+struct LogQueue {
+    bytes: Vec<u8>,
+    max: usize,
+    /// Lines dropped for want of room since the queue was last emptied.
+    dropped: u64,
+}
+
+impl LogQueue {
+    const fn new(max: usize) -> LogQueue {
+        LogQueue {
+            bytes: Vec::new(),
+            max,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, line: &str) {
+        if self.bytes.len() + line.len() > self.max {
+            self.dropped += 1;
+        } else {
+            self.bytes.extend_from_slice(line.as_bytes());
+        }
+    }
+
+    /// Hands the queued bytes to `sink`, then a line counting the dropped
+    /// ones, if any, and empties the queue.
+    fn drain_into(&mut self, mut sink: impl FnMut(&[u8])) {
+        if !self.bytes.is_empty() {
+            sink(&self.bytes);
+            self.bytes.clear();
+        }
+        if self.dropped > 0 {
+            let note = format!(
+                "sidecar-init: {} log lines dropped: stdout was not being read\n",
+                self.dropped
+            );
+            sink(note.as_bytes());
+            self.dropped = 0;
+        }
+    }
+}
 
 /// Formats `sidecar-init: message` lines into the queue.
 struct Logger;
@@ -231,7 +293,7 @@ impl Log for Logger {
         };
         let line = format!("sidecar-init: {tag}{}\n", record.args());
         if let Ok(mut queue) = LOG_QUEUE.lock() {
-            queue.extend_from_slice(line.as_bytes());
+            queue.push(&line);
         }
     }
 
@@ -248,11 +310,40 @@ pub fn init_logger(level: LevelFilter) {
 /// for the moments before and after the event loop.
 pub fn write_log_now() {
     use std::io::Write;
-    let bytes = match LOG_QUEUE.lock() {
-        Ok(mut queue) => std::mem::take(&mut *queue),
+    let mut bytes = Vec::new();
+    match LOG_QUEUE.lock() {
+        Ok(mut queue) => queue.drain_into(|b| bytes.extend_from_slice(b)),
         Err(_) => return,
-    };
+    }
     let mut stdout = io::stdout().lock();
     let _ = stdout.write_all(&bytes);
     let _ = stdout.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drained(q: &mut LogQueue) -> String {
+        let mut out = Vec::new();
+        q.drain_into(|b| out.extend_from_slice(b));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_log_queue_keeps_lines_up_to_its_bound_and_counts_the_rest() {
+        let mut q = LogQueue::new(40);
+        for i in 0..10 {
+            q.push(&format!("sidecar-init: line {i}\n")); // 21 bytes each
+        }
+        assert_eq!(q.bytes.len(), 21, "one line fits in 40 bytes, two do not");
+        assert_eq!(
+            drained(&mut q),
+            "sidecar-init: line 0\n\
+             sidecar-init: 9 log lines dropped: stdout was not being read\n"
+        );
+        assert_eq!(drained(&mut q), "", "emptied, count reset");
+        q.push("sidecar-init: again\n");
+        assert_eq!(drained(&mut q), "sidecar-init: again\n");
+    }
 }

@@ -228,6 +228,9 @@ impl Runtime {
             if self.sup.finished() && self.notifications_done(now) {
                 return Ok(());
             }
+            // Lines just logged (a deadline passed, a spawn failed) go out
+            // now, not at whatever wakes the loop next.
+            self.out.flush();
             // Work left over from the last round (a pipe not yet read to
             // WouldBlock, or stdout ready for pending bytes) means look for
             // events without sleeping; otherwise sleep until the deadline.
@@ -434,19 +437,17 @@ impl Runtime {
     }
 
     fn handle_signals(&mut self) {
-        let mut child = false;
         let received: Vec<i32> = self.signals.pending().collect();
-        for sig in received {
-            if sig == libc::SIGCHLD {
-                child = true;
-            } else {
-                log::debug!("received {}", exit::signal_name(sig));
-                self.sup.signal(sig, Instant::now());
-                self.apply();
-            }
-        }
-        if child {
+        // Reap first: a daemon that died before a SIGTERM in the same batch
+        // reached us was not stopped by our forwarding it (its code is 143,
+        // not 0), and shutdown should not signal it.
+        if received.contains(&libc::SIGCHLD) {
             self.reap();
+        }
+        for sig in received.into_iter().filter(|&s| s != libc::SIGCHLD) {
+            log::debug!("received {}", exit::signal_name(sig));
+            self.sup.signal(sig, Instant::now());
+            self.apply();
         }
     }
 
@@ -589,7 +590,11 @@ impl Runtime {
         loop {
             self.out.flush();
             let now = Instant::now();
-            if !self.out.pending() || now >= deadline {
+            if !self.out.pending() {
+                return;
+            }
+            if now >= deadline {
+                self.out.abandon();
                 return;
             }
             if !self.out.ready() {
@@ -600,7 +605,10 @@ impl Runtime {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return,
+                    Err(_) => {
+                        self.out.abandon();
+                        return;
+                    }
                 }
             }
         }

@@ -140,3 +140,25 @@ fn a_grandchild_holding_the_pipe_cannot_hold_the_exit() {
         "sidecar-init: a exited with code 0 (its output pipe is still held open by another process); no daemons left",
     );
 }
+
+#[test]
+fn a_line_logged_at_a_deadline_goes_out_without_another_wake_up() {
+    // `a` exits, its pipe held open by a background sleep in the same
+    // group. One second later its drain deadline passes and the exit line
+    // is logged; nothing else happens after that (no deadline, no output,
+    // no signal), so the line must go out on its own.
+    let procfile = "\
+a: sh -c 'sleep 1000 & echo holder $!; exit 3'
+steady: sh -c 'echo ready; exec sleep 1000'
+";
+    let mut init = Spec::procfile(procfile).start();
+    init.wait_for("[steady] ready");
+    let holder = init.pid_from("a", "holder");
+    init.wait_for(
+        "sidecar-init: a exited with code 3 (its output pipe is still held open by another process)",
+    );
+    // SAFETY: kill has no memory effects.
+    unsafe { nix::libc::kill(holder, nix::libc::SIGKILL) };
+    init.signal(nix::libc::SIGTERM);
+    assert_eq!(init.wait_exit(crate::harness::DEADLINE), 3);
+}

@@ -193,3 +193,29 @@ fn signals_reach_the_whole_process_group() {
     init.signal(SIGTERM);
     init.wait_exit(DEADLINE);
 }
+
+#[test]
+fn a_daemon_killed_from_outside_just_before_our_sigterm_keeps_its_code() {
+    // `victim` is killed with SIGTERM by someone else while sidecar-init is
+    // stopped, and sidecar-init then gets its own SIGTERM: both signals
+    // (SIGCHLD and SIGTERM) wait for it in one batch. The victim died
+    // before any shutdown, so its code is 143, not the 0 of a graceful stop.
+    let procfile = format!("{}{}", idle("victim"), idle("steady"));
+    let mut init = Spec::procfile(&procfile).start();
+    init.wait_for("[victim] ready");
+    init.wait_for("[steady] ready");
+    let victim = init.pid_from("victim", "pid");
+    init.signal(nix::libc::SIGSTOP);
+    // SAFETY: kill has no memory effects.
+    unsafe { nix::libc::kill(victim, SIGTERM) };
+    let zombie = Instant::now() + DEADLINE;
+    while proc_state(victim) != Some('Z') {
+        assert!(Instant::now() < zombie, "the victim did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    init.signal(SIGTERM);
+    init.signal(nix::libc::SIGCONT);
+    assert_eq!(init.wait_exit(DEADLINE), 143);
+    init.expect("sidecar-init: victim exited with code 143 (killed by SIGTERM)");
+    init.expect("sidecar-init: steady exited with code 0 (stopped by SIGTERM)");
+}
