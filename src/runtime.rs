@@ -50,6 +50,12 @@ const PIPE_BUDGET: usize = 8 * 1024 * 1024;
 /// How long to wait for a reaped daemon's pipe to reach EOF. A grandchild
 /// holding the pipe open must not hold the exit line (or our exit) forever.
 const DRAIN: Duration = Duration::from_secs(1);
+/// How much longer than `DRAIN` a stalled stdout may make that wait: time
+/// spent unable to read a daemon's pipe (the output buffer full) does not
+/// count, up to this much, so a slow log reader gets its last lines before
+/// its exit line. Bounded, so a reader that never comes back cannot hold a
+/// restart or our exit for long.
+const DRAIN_STALL_MAX: Duration = Duration::from_secs(5);
 /// How long notifications still queued or running when every daemon is gone
 /// may delay the exit.
 const NOTIFY_EXIT_WAIT: Duration = Duration::from_secs(2);
@@ -165,6 +171,7 @@ pub fn run(specs: Vec<DaemonSpec>, settings: Settings) -> io::Result<i32> {
     let timing = Timing {
         grace: settings.grace,
         drain: DRAIN,
+        drain_stall_max: DRAIN_STALL_MAX,
         backoff: settings.backoff,
     };
     let names = specs.iter().map(|s| s.name.clone());
@@ -266,6 +273,10 @@ impl Runtime {
             }
             self.read_round();
             self.out.flush();
+            // While the buffer is full no pipe is read: daemons' drain
+            // clocks stand still.
+            self.sup
+                .output_stalled(self.out.room() == 0, Instant::now());
         }
     }
 
@@ -410,6 +421,9 @@ impl Runtime {
             // The process runs, but we cannot read it: keep it without output.
             log::error!("epoll_ctl for pipe {slot}: {e}");
         }
+        // A restarted daemon's previous pipe, given up at its drain
+        // deadline: its last lines must not run into the new run's.
+        self.retire_pipe(slot);
         self.pipes[slot] = Some(Pipe {
             rx,
             splitter: LineSplitter::new(self.settings.line_max),
@@ -547,15 +561,29 @@ impl Runtime {
 
     /// Pipe `slot` reached EOF (or is abandoned): stop reading it.
     fn close_pipe(&mut self, slot: usize) {
-        let Some(mut p) = self.pipes[slot].take() else {
+        if !self.retire_pipe(slot) {
             return;
+        }
+        if slot < self.specs.len() {
+            self.sup.pipe_closed(slot, Instant::now());
+            self.apply();
+        } else {
+            self.notifier_tick(Instant::now());
+        }
+    }
+
+    /// Stops reading pipe `slot`, if there is one: frames what was read
+    /// from it (within the buffer's limit) and its unterminated last line.
+    /// Returns whether there was a pipe.
+    fn retire_pipe(&mut self, slot: usize) -> bool {
+        let Some(mut p) = self.pipes[slot].take() else {
+            return false;
         };
         let _ = self.poll.registry().deregister(&mut p.rx);
         if let Some(c) = self.carry.filter(|c| c.slot == slot) {
-            // Abandoned with bytes still carried (only the notify command's
-            // pipe, when stdout stalled past its drain period): what fits
-            // under the usual limit goes out, the rest is dropped, as is
-            // whatever was still unread in the pipe.
+            // Given up with bytes still carried (stdout stalled past the
+            // drain deadline): what fits under the usual limit goes out, the
+            // rest is dropped, as is whatever was still unread in the pipe.
             self.carry = None;
             let limit = self.out.capacity();
             let used = frame::frame_chunk(
@@ -568,19 +596,16 @@ impl Runtime {
             );
             let dropped = c.end - c.start - used;
             if dropped > 0 {
-                log::warn!(
-                    "{dropped} bytes of notify command output dropped: stdout is not being read"
-                );
+                let whose = match self.specs.get(slot) {
+                    Some(spec) => format!("{}'s", spec.name),
+                    None => "the notify command's".to_string(),
+                };
+                log::warn!("{dropped} bytes of {whose} output dropped: stdout is not being read");
             }
         }
         let (prefix, buf) = (self.prefixes[slot].as_bytes(), self.out.buf());
         p.splitter.finish(|line| buf.push_framed(prefix, line));
-        if slot < self.specs.len() {
-            self.sup.pipe_closed(slot, Instant::now());
-            self.apply();
-        } else {
-            self.notifier_tick(Instant::now());
-        }
+        true
     }
 
     /// Writes what is left, waiting for a slow reader a bounded time.

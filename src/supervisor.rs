@@ -121,6 +121,10 @@ pub struct Timing {
     pub grace: Duration,
     /// How long after a reap to wait for its pipe to reach EOF.
     pub drain: Duration,
+    /// How much longer that wait may grow while stdout is stalled: the
+    /// drain clock stops while sidecar-init cannot read pipes for want of
+    /// room (see [`Supervisor::output_stalled`]), up to this much.
+    pub drain_stall_max: Duration,
     pub backoff: Backoff,
 }
 
@@ -134,8 +138,11 @@ struct Daemon {
     started_at: Option<Instant>,
     /// How the current run ended; set when reaped or when the spawn failed.
     ending: Option<Ending>,
-    /// When `ending` was set: the drain deadline counts from here.
+    /// When `ending` was set.
     ended_at: Option<Instant>,
+    /// When its pipe stops being waited for: `drain` after `ended_at`,
+    /// pushed back by the time stdout was stalled (up to `drain_stall_max`).
+    drain_by: Option<Instant>,
     /// The current run's output pipe has not reached EOF yet.
     pipe_open: bool,
     /// sidecar-init sent SIGTERM to it as part of shutdown, while it ran.
@@ -180,6 +187,9 @@ pub struct Supervisor {
     timing: Timing,
     shutdown: Option<Shutdown>,
     actions: VecDeque<Action>,
+    /// Since when stdout has been stalled (the output buffer full, so no
+    /// pipe is read): drain clocks stand still meanwhile.
+    stalled_since: Option<Instant>,
 }
 
 impl Supervisor {
@@ -197,6 +207,7 @@ impl Supervisor {
                 started_at: None,
                 ending: None,
                 ended_at: None,
+                drain_by: None,
                 pipe_open: false,
                 term_forwarded: false,
                 code: None,
@@ -211,6 +222,7 @@ impl Supervisor {
             timing,
             shutdown: None,
             actions: VecDeque::new(),
+            stalled_since: None,
         }
     }
 
@@ -263,6 +275,7 @@ impl Supervisor {
         d.started_at = Some(now);
         d.ending = Some(Ending::NotStarted(code));
         d.ended_at = Some(now);
+        d.drain_by = Some(now + self.timing.drain);
         self.settle(i, now);
     }
 
@@ -279,6 +292,7 @@ impl Supervisor {
         let d = &mut self.daemons[i];
         d.ending = Some(ending);
         d.ended_at = Some(now);
+        d.drain_by = Some(now + self.timing.drain);
         self.settle(i, now);
         true
     }
@@ -287,6 +301,42 @@ impl Supervisor {
     pub fn pipe_closed(&mut self, i: usize, now: Instant) {
         self.daemons[i].pipe_open = false;
         self.settle(i, now);
+    }
+
+    /// Whether stdout is stalled: the output buffer is full and no pipe is
+    /// read until the reader catches up. A daemon's last lines may then
+    /// still sit in its pipe, so its drain clock stops (up to
+    /// `drain_stall_max` in all): a slow log reader must not move a
+    /// daemon's exit line ahead of its output.
+    pub fn output_stalled(&mut self, stalled: bool, now: Instant) {
+        match (stalled, self.stalled_since) {
+            (true, None) => self.stalled_since = Some(now),
+            (false, Some(since)) => {
+                self.stalled_since = None;
+                let paused = now.saturating_duration_since(since);
+                let limit = self.timing.drain + self.timing.drain_stall_max;
+                for d in &mut self.daemons {
+                    if let (Some(by), Some(ended)) = (d.drain_by, d.ended_at) {
+                        if by > since {
+                            d.drain_by = Some((by + paused).min(ended + limit));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When daemon `d`'s pipe stops being waited for. While stdout is
+    /// stalled its clock stands still, so that is no sooner than the limit.
+    fn drain_deadline(&self, d: &Daemon) -> Option<Instant> {
+        let (by, ended) = (d.drain_by?, d.ended_at?);
+        match self.stalled_since {
+            Some(since) if by > since => {
+                Some(ended + self.timing.drain + self.timing.drain_stall_max)
+            }
+            _ => Some(by),
+        }
     }
 
     /// A signal arrived (SIGCHLD is the event loop's business, not ours).
@@ -398,6 +448,7 @@ impl Supervisor {
         d.started_at = None;
         d.ending = None;
         d.ended_at = None;
+        d.drain_by = None;
         d.pipe_open = false;
         d.term_forwarded = false;
         let msg = format!("restarting {} (restart {})", d.name, d.restarts);
@@ -416,8 +467,7 @@ impl Supervisor {
             .daemons
             .iter()
             .filter(|d| !d.run_over() && d.pipe_open)
-            .filter_map(|d| d.ended_at)
-            .map(|t| t + self.timing.drain);
+            .filter_map(|d| self.drain_deadline(d));
         let restarts = self.daemons.iter().filter_map(|d| d.restart_at);
         grace.into_iter().chain(drains).chain(restarts).min()
     }
@@ -431,7 +481,8 @@ impl Supervisor {
             return;
         };
         let drained = !d.pipe_open;
-        if d.run_over() || !(drained || now >= ended_at + self.timing.drain) {
+        let due = self.drain_deadline(d).is_some_and(|t| now >= t);
+        if d.run_over() || !(drained || due) {
             return;
         }
         let code = ending.code(d.term_forwarded);
@@ -441,6 +492,8 @@ impl Supervisor {
         };
         let held = if drained {
             ""
+        } else if self.stalled_since.is_some() {
+            " (not all its output is out: stdout is not being read)"
         } else {
             " (its output pipe is still held open by another process)"
         };
@@ -529,6 +582,7 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(8);
     const DRAIN: Duration = Duration::from_secs(1);
+    const STALL_MAX: Duration = Duration::from_secs(5);
 
     /// A supervisor whose daemons `a`, `b`, `c`... have been spawned as
     /// pids 100, 101, 102...
@@ -536,6 +590,7 @@ mod tests {
         Timing {
             grace: GRACE,
             drain: DRAIN,
+            drain_stall_max: STALL_MAX,
             backoff: Backoff::default(),
         }
     }
@@ -641,6 +696,77 @@ mod tests {
         );
         assert!(s.finished());
         assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_stalled_stdout_stops_the_drain_clock() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = running(&["a"], t0);
+        s.reaped(100, Ending::Exited(0), t0);
+        s.output_stalled(true, t0 + ms(400));
+        // Stalled: the deadline can come no sooner than the limit.
+        assert_eq!(s.next_deadline(), Some(t0 + DRAIN + STALL_MAX));
+        s.tick(t0 + ms(3000));
+        assert!(!s.finished(), "the drain clock ran while stalled");
+        // 2.6 s stalled: the 600 ms left of the drain start over from here.
+        s.output_stalled(false, t0 + ms(3000));
+        assert_eq!(s.next_deadline(), Some(t0 + ms(3600)));
+        s.tick(t0 + ms(3599));
+        assert!(!s.finished());
+        s.tick(t0 + ms(3600));
+        assert_eq!(
+            logs(&mut s),
+            [
+                "a exited with code 0 (its output pipe is still held open by another process); no daemons left"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stall_extends_a_drain_only_up_to_the_limit() {
+        let t0 = Instant::now();
+        let mut s = running(&["a", "b"], t0);
+        s.reaped(100, Ending::Exited(0), t0);
+        s.output_stalled(true, t0);
+        s.tick(t0 + DRAIN + STALL_MAX - Duration::from_millis(1));
+        assert!(logs(&mut s).is_empty());
+        s.tick(t0 + DRAIN + STALL_MAX);
+        assert_eq!(
+            logs(&mut s),
+            [
+                "a exited with code 0 (not all its output is out: stdout is not being read); leaving surviving daemons running"
+            ]
+        );
+        // Stalls that come and go never add up to more than the limit.
+        s.reaped(101, Ending::Exited(0), t0);
+        for k in 0..20u32 {
+            let at = t0 + Duration::from_millis(500) * k;
+            s.output_stalled(k % 2 == 0, at);
+        }
+        assert!(s.next_deadline() <= Some(t0 + DRAIN + STALL_MAX));
+    }
+
+    #[test]
+    fn a_drain_due_before_the_stall_is_not_extended() {
+        let t0 = Instant::now();
+        let mut s = running(&["a"], t0);
+        s.reaped(100, Ending::Exited(0), t0);
+        s.output_stalled(true, t0 + DRAIN + Duration::from_millis(5));
+        assert_eq!(s.next_deadline(), Some(t0 + DRAIN));
+        s.tick(t0 + DRAIN + Duration::from_millis(5));
+        assert!(s.finished());
+    }
+
+    #[test]
+    fn a_pipe_reaching_eof_ends_the_wait_even_while_stalled() {
+        let t0 = Instant::now();
+        let mut s = running(&["a"], t0);
+        s.output_stalled(true, t0);
+        s.reaped(100, Ending::Exited(0), t0);
+        s.pipe_closed(0, t0 + Duration::from_millis(10));
+        assert_eq!(logs(&mut s), ["a exited with code 0; no daemons left"]);
+        assert!(s.finished());
     }
 
     #[test]

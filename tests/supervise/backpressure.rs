@@ -188,3 +188,122 @@ fn peak_rss_kib(init: &Init) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| init.fail(&format!("no VmHWM in {status}")))
 }
+
+#[test]
+fn a_slow_reader_gets_a_daemons_last_lines_before_its_exit_line() {
+    // Nobody reads stdout while `burst` writes 150,000 numbered lines (2.2 MB
+    // framed) and exits: about 1.5 MiB fills the stdout pipe and the output
+    // buffer, the rest waits in burst's pipe, unread. The reader comes back
+    // only well after the 1 s drain period. The wait for burst's pipe must
+    // not have run out while stdout was stalled: its exit line comes after
+    // all its lines, and none is lost.
+    let procfile = "\
+burst: sh -c 'echo $$ > burst.pid; seq 1 150000; exit 7'
+steady: sh -c 'touch steady.ready; exec sleep 1000'
+";
+    let mut init = Spec::procfile(procfile)
+        .stdout(Reader::StallUntil("read-now".into()))
+        .start();
+    let dir = init.dir.path().to_path_buf();
+    assert!(
+        wait_file(&dir.join("steady.ready"), DEADLINE),
+        "steady never started"
+    );
+    assert!(
+        wait_file(&dir.join("burst.pid"), DEADLINE),
+        "burst never started"
+    );
+    let burst: i32 = std::fs::read_to_string(dir.join("burst.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        crate::harness::wait_gone(burst, DEADLINE),
+        "burst did not finish writing into its pipe"
+    );
+    // Past the drain period (1 s), within the most a stall may add (5 s).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    std::fs::write(dir.join("read-now"), "").unwrap();
+    init.wait_for("sidecar-init: burst exited with code 7");
+    let lines = init.lines();
+    let numbers: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("[burst] "))
+        .collect();
+    let want: Vec<String> = (1..=150_000).map(|n| n.to_string()).collect();
+    if numbers != want {
+        let first_bad = numbers.iter().zip(&want).position(|(g, w)| g != w);
+        init.fail(&format!(
+            "{} of 150000 lines, first difference at {first_bad:?}",
+            numbers.len()
+        ));
+    }
+    let exit_line = init
+        .line_index("sidecar-init: burst exited with code 7; leaving surviving daemons running");
+    let last_line = init.line_index("[burst] 150000");
+    assert!(
+        exit_line > last_line,
+        "the exit line (line {exit_line}) came before burst's last line (line {last_line})"
+    );
+    init.signal(SIGTERM);
+    assert_eq!(init.wait_exit(DEADLINE), 7);
+}
+
+#[test]
+fn a_restart_after_a_stalled_drain_starts_its_output_afresh() {
+    // As above, but nobody reads stdout for longer than a stall may extend
+    // the drain (1 s + 5 s): burst's exit is logged with its output still
+    // unread, and it restarts. What was read from its first run's pipe but
+    // not framed must not come out as part of the second run: after the
+    // restart line, its lines count from 1 again, each one whole.
+    let procfile = "\
+burst: sh -c 'if [ -e run1 ]; then touch run2; else touch run1; fi; seq 1 150000; exit 1'
+steady: sh -c 'touch steady.ready; exec sleep 1000'
+";
+    let mut init = Spec::procfile(procfile)
+        .args(&["--restart", "burst=always", "--restart-delay", "0.1"])
+        .stdout(Reader::StallUntil("read-now".into()))
+        .start();
+    let dir = init.dir.path().to_path_buf();
+    assert!(
+        wait_file(&dir.join("steady.ready"), DEADLINE),
+        "steady never started"
+    );
+    assert!(
+        wait_file(&dir.join("run2"), DEADLINE),
+        "burst was not restarted while stdout stalled"
+    );
+    std::fs::write(dir.join("read-now"), "").unwrap();
+    init.wait_for("sidecar-init: restarting burst (restart 1)");
+    init.wait_for("[burst] 150000");
+    init.signal(SIGTERM);
+    init.wait_exit(DEADLINE);
+    let lines = init.lines();
+    let restart = init.line_index("sidecar-init: restarting burst (restart 1)");
+    init.expect(
+        "sidecar-init: burst exited with code 1 (not all its output is out: stdout is not being read); restarting in 0.1s (restart 1)",
+    );
+    let numbers = |range: &[String]| -> Vec<u32> {
+        range
+            .iter()
+            .filter_map(|l| l.strip_prefix("[burst] "))
+            .map(|n| {
+                n.parse()
+                    .unwrap_or_else(|_| init.fail(&format!("a garbled line: {n:?}")))
+            })
+            .collect()
+    };
+    let first = numbers(&lines[..restart]);
+    let second = numbers(&lines[restart..]);
+    assert!(
+        first.iter().copied().eq(1..=first.len() as u32),
+        "the first run's lines are not 1..{}",
+        first.len()
+    );
+    assert!(
+        second.iter().copied().eq(1..=second.len() as u32),
+        "after the restart, burst's lines start with {:?}",
+        &second[..second.len().min(3)]
+    );
+}

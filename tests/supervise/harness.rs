@@ -74,6 +74,9 @@ pub enum Reader {
     Stall,
     /// Read until this text appears, then close the read end (EPIPE).
     CloseAfter(String),
+    /// Read nothing until this file (relative to the test's directory)
+    /// exists, then read everything: a log reader that fell behind.
+    StallUntil(String),
 }
 
 impl Spec {
@@ -213,8 +216,17 @@ impl Init {
         let captured: Arc<(Mutex<Captured>, Condvar)> = Arc::default();
         let shared = Arc::clone(&captured);
         let mode = spec.stdout.clone();
+        let release = match &mode {
+            Reader::StallUntil(name) => Some(dir.path().join(name)),
+            _ => None,
+        };
         let reader = std::thread::spawn(move || {
             let (lock, cvar) = &*shared;
+            if let Some(file) = release {
+                // Bounded like every wait: the test fails on its own
+                // deadlines if the file never comes.
+                wait_file(&file, 4 * DEADLINE);
+            }
             if let Reader::Stall = mode {
                 // Hold the pipe open without reading until sidecar-init is
                 // gone (the test marks eof), then let it go.
