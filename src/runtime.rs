@@ -236,8 +236,11 @@ impl Runtime {
                 return Ok(());
             }
             // Lines just logged (a deadline passed, a spawn failed) go out
-            // now, not at whatever wakes the loop next.
-            self.out.flush();
+            // now, not at whatever wakes the loop next. (Not ready: stdout
+            // is full, and its readiness event wakes the loop anyway.)
+            if self.out.ready() {
+                self.out.flush();
+            }
             // Work left over from the last round (a pipe not yet read to
             // WouldBlock, or stdout ready for pending bytes) means look for
             // events without sleeping; otherwise sleep until the deadline.
