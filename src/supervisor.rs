@@ -313,11 +313,13 @@ impl Supervisor {
             (true, None) => self.stalled_since = Some(now),
             (false, Some(since)) => {
                 self.stalled_since = None;
-                let paused = now.saturating_duration_since(since);
                 let limit = self.timing.drain + self.timing.drain_stall_max;
                 for d in &mut self.daemons {
                     if let (Some(by), Some(ended)) = (d.drain_by, d.ended_at) {
+                        // Only the stall after its exit counts, and only if
+                        // its wait was not already over when the stall began.
                         if by > since {
+                            let paused = now.saturating_duration_since(since.max(ended));
                             d.drain_by = Some((by + paused).min(ended + limit));
                         }
                     }
@@ -481,7 +483,12 @@ impl Supervisor {
             return;
         };
         let drained = !d.pipe_open;
-        let due = self.drain_deadline(d).is_some_and(|t| now >= t);
+        let deadline = self.drain_deadline(d);
+        let due = deadline.is_some_and(|t| now >= t);
+        // Waited the longest a stall may add: the reader, not a process
+        // holding the pipe, is why its output is not all out.
+        let stalled_out =
+            deadline == Some(ended_at + self.timing.drain + self.timing.drain_stall_max);
         if d.run_over() || !(drained || due) {
             return;
         }
@@ -492,7 +499,7 @@ impl Supervisor {
         };
         let held = if drained {
             ""
-        } else if self.stalled_since.is_some() {
+        } else if stalled_out {
             " (not all its output is out: stdout is not being read)"
         } else {
             " (its output pipe is still held open by another process)"
@@ -738,13 +745,43 @@ mod tests {
                 "a exited with code 0 (not all its output is out: stdout is not being read); leaving surviving daemons running"
             ]
         );
-        // Stalls that come and go never add up to more than the limit.
-        s.reaped(101, Ending::Exited(0), t0);
-        for k in 0..20u32 {
-            let at = t0 + Duration::from_millis(500) * k;
-            s.output_stalled(k % 2 == 0, at);
-        }
-        assert!(s.next_deadline() <= Some(t0 + DRAIN + STALL_MAX));
+    }
+
+    #[test]
+    fn stalls_that_come_and_go_add_up_to_the_limit() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = running(&["a"], t0);
+        s.reaped(100, Ending::Exited(0), t0);
+        s.output_stalled(true, t0 + ms(200));
+        s.output_stalled(false, t0 + ms(700));
+        assert_eq!(s.next_deadline(), Some(t0 + ms(1500)));
+        s.output_stalled(true, t0 + ms(1000));
+        s.output_stalled(false, t0 + ms(1400));
+        assert_eq!(s.next_deadline(), Some(t0 + ms(1900)));
+        s.tick(t0 + ms(1899));
+        assert!(!s.finished());
+        s.output_stalled(true, t0 + ms(1500));
+        s.output_stalled(false, t0 + ms(9000));
+        assert_eq!(s.next_deadline(), Some(t0 + DRAIN + STALL_MAX));
+        s.tick(t0 + DRAIN + STALL_MAX);
+        assert_eq!(
+            logs(&mut s),
+            [
+                "a exited with code 0 (not all its output is out: stdout is not being read); no daemons left"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_the_stall_after_an_exit_counts_for_it() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = running(&["a"], t0);
+        s.output_stalled(true, t0);
+        s.reaped(100, Ending::Exited(0), t0 + ms(4900));
+        s.output_stalled(false, t0 + ms(5000));
+        assert_eq!(s.next_deadline(), Some(t0 + ms(6000)));
     }
 
     #[test]
