@@ -271,12 +271,8 @@ impl Supervisor {
     pub fn spawn_failed(&mut self, i: usize, code: i32, error: &str, now: Instant) {
         let msg = format!("cannot start {}: {error}", self.daemons[i].name);
         self.log(Level::Error, msg);
-        let d = &mut self.daemons[i];
-        d.started_at = Some(now);
-        d.ending = Some(Ending::NotStarted(code));
-        d.ended_at = Some(now);
-        d.drain_by = Some(now + self.timing.drain);
-        self.settle(i, now);
+        self.daemons[i].started_at = Some(now);
+        self.run_ended(i, Ending::NotStarted(code), now);
     }
 
     /// `pid` was reaped. Returns false when it is none of the daemons (an
@@ -289,12 +285,17 @@ impl Supervisor {
         else {
             return false;
         };
+        self.run_ended(i, ending, now);
+        true
+    }
+
+    /// Daemon `i`'s run ended: its pipe is waited for from now on.
+    fn run_ended(&mut self, i: usize, ending: Ending, now: Instant) {
         let d = &mut self.daemons[i];
         d.ending = Some(ending);
         d.ended_at = Some(now);
         d.drain_by = Some(now + self.timing.drain);
         self.settle(i, now);
-        true
     }
 
     /// Daemon `i`'s output pipe reached EOF: every line it wrote is out.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use nix::libc::{SIGHUP, SIGTERM};
 
-use crate::harness::{DEADLINE, Init, Reader, Spec, wait_file};
+use crate::harness::{DEADLINE, Init, Reader, Spec, pid_file, wait_file};
 
 #[test]
 fn a_stalled_stdout_does_not_stall_shutdown() {
@@ -23,17 +23,9 @@ calm: sh -c 'trap \"touch calm.got-term; exit 0\" TERM; touch calm.ready; while 
         wait_file(&dir.join("calm.ready"), DEADLINE),
         "calm never started"
     );
-    assert!(
-        wait_file(&dir.join("spew.pid"), DEADLINE),
-        "spew never started"
-    );
+    let spew = pid_file(&dir.join("spew.pid"));
     // Let the pipes and the output buffer fill up.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let spew: i32 = std::fs::read_to_string(dir.join("spew.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     let sent = Instant::now();
     init.signal(SIGTERM);
     assert!(
@@ -209,15 +201,7 @@ steady: sh -c 'touch steady.ready; exec sleep 1000'
         wait_file(&dir.join("steady.ready"), DEADLINE),
         "steady never started"
     );
-    assert!(
-        wait_file(&dir.join("burst.pid"), DEADLINE),
-        "burst never started"
-    );
-    let burst: i32 = std::fs::read_to_string(dir.join("burst.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let burst = pid_file(&dir.join("burst.pid"));
     assert!(
         crate::harness::wait_gone(burst, DEADLINE),
         "burst did not finish writing into its pipe"

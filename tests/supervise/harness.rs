@@ -499,6 +499,20 @@ pub fn wait_file(path: &Path, timeout: Duration) -> bool {
 }
 
 /// Waits until `pid` no longer exists (not even as a zombie).
+/// The pid a daemon wrote into `path` (`echo $$ > name.pid`), once the
+/// file is there.
+pub fn pid_file(path: &Path) -> i32 {
+    assert!(
+        wait_file(path, DEADLINE),
+        "{} never appeared",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}: not a pid: {text:?}", path.display()))
+}
+
 pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while proc_state(pid).is_some() {
