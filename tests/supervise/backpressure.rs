@@ -131,21 +131,19 @@ fn an_abandoned_notify_pipe_keeps_memory_bounded_while_stdout_stalls() {
     // not framed; the second run starting (its file appears) shows that has
     // happened. Framing those leftovers without the buffer's limit once
     // grew memory by about 4.6 MiB.
-    let procfile = "\
+    let procfile = format!(
+        "\
 a: sh -c 'while [ ! -e go ]; do sleep 0.01; done'
 b: sh -c 'while [ ! -e go ]; do sleep 0.01; done'
-steady: sh -c 'touch steady.ready; exec sleep 1000'
-";
+{STEADY}"
+    );
     let notify = "sh -c 'touch notified.$SIDECAR_INIT_EVENT_DAEMON; yes \"\" | head -n 900000'";
-    let mut init = Spec::procfile(procfile)
+    let mut init = Spec::procfile(&procfile)
         .args(&["--notify", notify])
         .stdout(Reader::Stall)
         .start();
     let dir = init.dir.path().to_path_buf();
-    assert!(
-        wait_file(&dir.join("steady.ready"), DEADLINE),
-        "steady never started"
-    );
+    wait_steady(&init);
     let before = peak_rss_kib(&init);
     std::fs::write(dir.join("go"), "").unwrap();
     assert!(
@@ -189,18 +187,12 @@ fn a_slow_reader_gets_a_daemons_last_lines_before_its_exit_line() {
     // only well after the 1 s drain period. The wait for burst's pipe must
     // not have run out while stdout was stalled: its exit line comes after
     // all its lines, and none is lost.
-    let procfile = "\
-burst: sh -c 'echo $$ > burst.pid; seq 1 150000; exit 7'
-steady: sh -c 'touch steady.ready; exec sleep 1000'
-";
-    let mut init = Spec::procfile(procfile)
+    let procfile = format!("burst: sh -c 'echo $$ > burst.pid; seq 1 150000; exit 7'\n{STEADY}");
+    let mut init = Spec::procfile(&procfile)
         .stdout(Reader::StallUntil("read-now".into()))
         .start();
     let dir = init.dir.path().to_path_buf();
-    assert!(
-        wait_file(&dir.join("steady.ready"), DEADLINE),
-        "steady never started"
-    );
+    wait_steady(&init);
     let burst = pid_file(&dir.join("burst.pid"));
     assert!(
         crate::harness::wait_gone(burst, DEADLINE),
@@ -241,19 +233,15 @@ fn a_restart_after_a_stalled_drain_starts_its_output_afresh() {
     // unread, and it restarts. What was read from its first run's pipe but
     // not framed must not come out as part of the second run: after the
     // restart line, its lines count from 1 again, each one whole.
-    let procfile = "\
-burst: sh -c 'if [ -e run1 ]; then touch run2; else touch run1; fi; seq 1 150000; exit 1'
-steady: sh -c 'touch steady.ready; exec sleep 1000'
-";
-    let mut init = Spec::procfile(procfile)
+    let procfile = format!(
+        "burst: sh -c 'if [ -e run1 ]; then touch run2; else touch run1; fi; seq 1 150000; exit 1'\n{STEADY}"
+    );
+    let mut init = Spec::procfile(&procfile)
         .args(&["--restart", "burst=always", "--restart-delay", "0.1"])
         .stdout(Reader::StallUntil("read-now".into()))
         .start();
     let dir = init.dir.path().to_path_buf();
-    assert!(
-        wait_file(&dir.join("steady.ready"), DEADLINE),
-        "steady never started"
-    );
+    wait_steady(&init);
     assert!(
         wait_file(&dir.join("run2"), DEADLINE),
         "burst was not restarted while stdout stalled"
@@ -290,4 +278,14 @@ steady: sh -c 'touch steady.ready; exec sleep 1000'
         "after the restart, burst's lines start with {:?}",
         &second[..second.len().min(3)]
     );
+}
+
+/// A daemon that stays up and, since stdout may be stalled, says it has
+/// started with a file: `steady.ready`.
+const STEADY: &str = "steady: sh -c 'touch steady.ready; exec sleep 1000'\n";
+
+fn wait_steady(init: &Init) {
+    if !wait_file(&init.dir.path().join("steady.ready"), DEADLINE) {
+        init.fail("steady never started");
+    }
 }
