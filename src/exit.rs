@@ -8,6 +8,15 @@ pub const USAGE: i32 = 2;
 pub const NOT_FOUND: i32 = 127;
 /// A daemon whose command exists but could not be executed.
 pub const NOT_EXECUTABLE: i32 = 126;
+/// A daemon that could not be started for want of resources (descriptors,
+/// processes, memory): a retry may succeed.
+pub const NO_RESOURCES: i32 = 125;
+/// A daemon stopped because it was not ready in time or failed its
+/// liveness check.
+pub const CHECK_FAILED: i32 = 124;
+/// sidecar-init's own failure while running (its event loop could not be
+/// set up or failed).
+pub const INTERNAL: i32 = 1;
 
 /// How a daemon's run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,7 +25,7 @@ pub enum Ending {
     Exited(i32),
     /// It was killed by this signal number.
     Signaled(i32),
-    /// Its command could not be started; the code is 127 or 126.
+    /// Its command could not be started; the code is 127, 126 or 125.
     NotStarted(i32),
 }
 
@@ -42,6 +51,7 @@ impl fmt::Display for Ending {
             Ending::Exited(_) => Ok(()),
             Ending::Signaled(sig) => write!(f, " (killed by {})", signal_name(*sig)),
             Ending::NotStarted(NOT_FOUND) => f.write_str(" (command not found)"),
+            Ending::NotStarted(NO_RESOURCES) => f.write_str(" (could not be started)"),
             Ending::NotStarted(_) => f.write_str(" (command not executable)"),
         }
     }

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod lines;
 pub mod notify;
 pub mod output;
+pub mod plan;
 pub mod procfile;
 #[doc(hidden)]
 pub mod props;

@@ -4,9 +4,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use sidecar_init::config::{self, Config, Request};
+use sidecar_init::plan::{self, Plan};
 use sidecar_init::procfile::{self, DaemonSpec};
-use sidecar_init::runtime::{self, Settings};
-use sidecar_init::supervisor::Policy;
+use sidecar_init::runtime::{self, Inherited, Settings};
+use sidecar_init::supervisor::Timing;
 use sidecar_init::{exit, output};
 
 /// The variable that narrows the daemon table.
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
     // Before any descriptor of ours exists: nothing inherited may leak into
     // the daemons, and a closed stdout must not be taken by one of ours.
     runtime::sanitize_fds();
+    let inherited = runtime::prepare_signals();
     let code = match config::parse(std::env::args_os().skip(1), |k| std::env::var_os(k)) {
         Ok(Request::Help) => {
             print!("{}", config::HELP);
@@ -26,7 +28,7 @@ fn main() -> ExitCode {
             0
         }
         Ok(Request::Check(config)) => check(&config),
-        Ok(Request::Run(config)) => run(&config),
+        Ok(Request::Run(config)) => run(&config, inherited),
         Err(e) => fail(&e.to_string()),
     };
     output::write_log_now();
@@ -40,30 +42,30 @@ fn fail(msg: &str) -> i32 {
     exit::USAGE
 }
 
-fn run(config: &Config) -> i32 {
+fn run(config: &Config, inherited: Inherited) -> i32 {
     output::init_logger(config.log_level);
-    let (daemons, policies) = match daemons(config) {
-        Ok(d) => d,
+    let plan = match plan(config) {
+        Ok(p) => p,
         Err(msg) => return fail(&msg),
     };
-    if daemons.is_empty() {
+    if plan.units.is_empty() {
         log::info!("no daemons selected; nothing to do");
         log::info!("exit 0");
         return 0;
     }
+    let mut timing = Timing::new(config.grace);
+    timing.backoff = config.backoff;
+    timing.notify_timeout = Some(config.notify_timeout);
     let settings = Settings {
-        grace: config.grace,
+        timing,
         line_max: config.line_max,
-        policies,
-        backoff: config.backoff,
         notify: config.notify.clone(),
-        notify_timeout: config.notify_timeout,
     };
-    match runtime::run(daemons, settings) {
+    match runtime::run(plan.units, settings, inherited) {
         Ok(code) => code,
         Err(e) => {
             log::error!("{e}");
-            1
+            exit::INTERNAL
         }
     }
 }
@@ -71,48 +73,40 @@ fn run(config: &Config) -> i32 {
 /// Prints the daemons that would run, as a Procfile.
 fn check(config: &Config) -> i32 {
     output::init_logger(config.log_level);
-    match daemons(config) {
-        Ok((d, _)) => {
+    match plan(config) {
+        Ok(plan) => {
             output::write_log_now();
-            print!("{}", procfile::render(&d));
+            let table: Vec<DaemonSpec> = plan
+                .units
+                .iter()
+                .map(|u| DaemonSpec {
+                    name: u.spec.name.clone(),
+                    argv: u.argv.clone(),
+                })
+                .collect();
+            print!("{}", procfile::render(&table));
             0
         }
         Err(msg) => fail(&msg),
     }
 }
 
-/// The table (built-in or from the Procfile), narrowed by the selection,
-/// with each daemon's restart policy.
-fn daemons(config: &Config) -> Result<(Vec<DaemonSpec>, Vec<Policy>), String> {
+/// The table (built-in or from the Procfile), resolved with the per-daemon
+/// options and narrowed by the selection; its warnings logged.
+fn plan(config: &Config) -> Result<Plan, String> {
     let table = match &config.procfile {
         Some(path) => load(path)?,
         None => procfile::default_table(),
     };
-    let names: Vec<&str> = table.iter().map(|d| d.name.as_str()).collect();
-    let policies = match &config.restart {
-        Some((source, spec)) => spec.resolve(&names).map_err(|e| format!("{source}: {e}"))?,
-        None => vec![Policy::Never; names.len()],
-    };
-    let policy_of: Vec<(String, Policy)> =
-        table.iter().map(|d| d.name.clone()).zip(policies).collect();
     let wanted = std::env::var_os(SELECTION_VAR).map(|v| v.to_string_lossy().into_owned());
-    let (selected, unknown) = procfile::select(table, wanted.as_deref());
-    if !unknown.is_empty() {
-        log::warn!(
-            "{SELECTION_VAR} names unknown daemons, ignored: {}",
-            unknown.join(", ")
-        );
+    let options = plan::Options {
+        restart: config.restart.clone(),
+    };
+    let plan = plan::resolve(table, &options, wanted.as_deref(), SELECTION_VAR)?;
+    for w in &plan.warnings {
+        log::warn!("{w}");
     }
-    let policies = selected
-        .iter()
-        .map(|d| {
-            policy_of
-                .iter()
-                .find(|(n, _)| *n == d.name)
-                .map_or(Policy::Never, |(_, p)| *p)
-        })
-        .collect();
-    Ok((selected, policies))
+    Ok(plan)
 }
 
 fn load(path: &Path) -> Result<Vec<DaemonSpec>, String> {

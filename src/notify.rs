@@ -20,6 +20,8 @@ pub enum Kind {
     Shutdown,
     /// Daemons were SIGKILLed (grace elapsed, or a second SIGINT).
     Kill,
+    /// A daemon became ready (its check passed), or a one-shot finished.
+    Ready,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
             Kind::GiveUp => "give-up",
             Kind::Shutdown => "shutdown",
             Kind::Kill => "kill",
+            Kind::Ready => "ready",
         }
     }
 }
@@ -107,12 +110,15 @@ impl Queue {
         }
     }
 
-    /// Queues an event, or counts it as dropped when the queue is full.
-    pub fn push(&mut self, event: Event) {
+    /// Queues an event, or counts it as dropped when the queue is full;
+    /// the queued event, for the caller to fill in.
+    pub fn push(&mut self, event: Event) -> Option<&mut Event> {
         if self.pending.len() < self.capacity {
             self.pending.push_back(event);
+            self.pending.back_mut()
         } else {
             self.dropped += 1;
+            None
         }
     }
 

@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use mio::unix::SourceFd;
@@ -48,6 +49,8 @@ pub struct Output {
     pollable: bool,
     /// Stdout is gone (EPIPE or closed): drop everything.
     discard: bool,
+    /// When a write last made progress (or the output began).
+    last_progress: Instant,
 }
 
 impl Output {
@@ -69,6 +72,7 @@ impl Output {
             writable: true,
             pollable: false,
             discard: false,
+            last_progress: Instant::now(),
         };
         let flags = match fcntl(io::stdout(), FcntlArg::F_GETFL) {
             Ok(bits) => OFlag::from_bits_retain(bits),
@@ -144,6 +148,13 @@ impl Output {
         !self.buf.is_empty()
     }
 
+    /// Since when stdout has been stalled: the buffer is full (no pipe is
+    /// read) and no write has made progress since then. `None` while
+    /// there is room.
+    pub fn stalled_since(&self) -> Option<Instant> {
+        (self.room() == 0 && !self.discard).then_some(self.last_progress)
+    }
+
     /// A write may make progress now.
     pub fn ready(&self) -> bool {
         self.writable || !self.nonblocking
@@ -183,7 +194,10 @@ impl Output {
                 return;
             }
             match nix::unistd::write(self.borrowed(), self.buf.pending()) {
-                Ok(n) if n > 0 => self.buf.consume(n),
+                Ok(n) if n > 0 => {
+                    self.buf.consume(n);
+                    self.last_progress = Instant::now();
+                }
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(nix::errno::Errno::EAGAIN) => {
                     self.writable = false;

@@ -1,15 +1,22 @@
 //! The event loop: the only place that blocks, and the edge where the
 //! supervisor's decisions become syscalls.
 //!
-//! One thread, one `mio::Poll` over the daemons' output pipes (non-blocking),
-//! a signal-hook self-pipe and stdout's write readiness, with the nearest
-//! deadline as the timeout. An idle supervisor sleeps in `epoll_wait` until a
-//! signal, a line or a deadline; it never wakes on a period.
+//! One thread, one `mio::Poll` over the children's output pipes
+//! (non-blocking), a signal-hook self-pipe and stdout's write readiness,
+//! with the nearest deadline as the timeout. An idle supervisor sleeps in
+//! `epoll_wait` until a signal, a line or a deadline; it never wakes on a
+//! period.
+//!
+//! Every child the supervisor starts — a unit, a check command, the notify
+//! command — goes through [`Runtime::spawn_child`], is reaped by
+//! [`Runtime::reap`] and has its pipe (if any) read in the same rounds, in
+//! the pipe slot [`slot`] gives it.
 
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::unix::pipe::{self, Receiver};
@@ -24,17 +31,16 @@ use signal_hook_mio::v1_0::Signals;
 use crate::exit::{self, Ending};
 use crate::frame::{self, Prefix};
 use crate::lines::LineSplitter;
-use crate::notify;
 use crate::output::{self, Output};
-use crate::procfile::DaemonSpec;
-use crate::supervisor::{self, Action, Backoff, Policy, Supervisor, Timing};
+use crate::plan::Unit;
+use crate::supervisor::{self, Action, ChildId, Purpose, Supervisor, Timing};
 
 const SIGNALS: Token = Token(0);
 const STDOUT: Token = Token(1);
-/// Daemon `i`'s pipe is token `FIRST_PIPE + i`.
+/// Pipe slot `s` is token `FIRST_PIPE + s`.
 const FIRST_PIPE: usize = 2;
 
-/// Largest single read from a daemon pipe: a full pipe of the largest size
+/// Largest single read from a pipe: a full pipe of the largest size
 /// `pipe_size` picks.
 const READ_SIZE: usize = PIPE_SIZE_MAX;
 /// The capacity asked for each daemon pipe (Linux's default is 64 KiB) is
@@ -47,18 +53,6 @@ const PIPE_SIZE_MAX: usize = 512 * 1024;
 /// container's memory is charged for it). Pipe pages are allocated only as
 /// data arrives.
 const PIPE_BUDGET: usize = 8 * 1024 * 1024;
-/// How long to wait for a reaped daemon's pipe to reach EOF. A grandchild
-/// holding the pipe open must not hold the exit line (or our exit) forever.
-const DRAIN: Duration = Duration::from_secs(1);
-/// How much longer than `DRAIN` a stalled stdout may make that wait: time
-/// spent unable to read a daemon's pipe (the output buffer full) does not
-/// count, up to this much, so a slow log reader gets its last lines before
-/// its exit line. Bounded, so a reader that never comes back cannot hold a
-/// restart or our exit for long.
-const DRAIN_STALL_MAX: Duration = Duration::from_secs(5);
-/// How long notifications still queued or running when every daemon is gone
-/// may delay the exit.
-const NOTIFY_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// The prefix of the notify command's output lines.
 const NOTIFY_PREFIX: &[u8] = b"[notify] ";
 /// How long to keep trying to write the last lines to a stalled stdout.
@@ -67,79 +61,93 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Settings the event loop needs.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub grace: Duration,
+    pub timing: Timing,
     pub line_max: usize,
-    /// Each daemon's restart policy, in table order.
-    pub policies: Vec<Policy>,
-    pub backoff: Backoff,
     /// The operator's notify command, if any.
     pub notify: Option<Vec<String>>,
-    /// How long a notify command may run before it is killed.
-    pub notify_timeout: Duration,
 }
 
-/// The operator's notify command: one run at a time, events queued.
-struct Notifier {
-    argv: Vec<String>,
-    timeout: Duration,
-    queue: notify::Queue,
-    /// The current run, until it is reaped and its output drained.
-    run: Option<NotifyRun>,
+/// SIGINTs received, counted by a handler of our own: signal-hook's
+/// iterator reports a signal once however often it came, and "Ctrl-C
+/// twice" must not be lost when both arrive before the loop wakes.
+static SIGINTS: AtomicUsize = AtomicUsize::new(0);
+
+/// What sidecar-init started with, to hand on to the children unchanged.
+#[derive(Clone, Copy)]
+pub struct Inherited {
+    /// The signal mask it was started with.
+    mask: libc::sigset_t,
+    /// Whether that mask blocks anything.
+    masked: bool,
+    /// Signals it handles that were ignored when it started: its children
+    /// get them ignored again. A bit per signal number.
+    ignored: u128,
 }
 
-/// One run of the notify command.
-struct NotifyRun {
-    /// Its pid, which is also its process group.
-    pid: i32,
-    /// When it is killed if still running.
-    kill_at: Instant,
-    killed: bool,
-    /// When it was reaped; its output may still be draining.
-    reaped_at: Option<Instant>,
+impl std::fmt::Debug for Inherited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inherited")
+            .field("masked", &self.masked)
+            .field("ignored", &format_args!("{:#x}", self.ignored))
+            .finish()
+    }
 }
 
-impl Notifier {
-    /// When `notifier_tick` has work to do for the current run.
-    fn deadline(&self) -> Option<Instant> {
-        let run = self.run.as_ref()?;
-        match run.reaped_at {
-            Some(t) => Some(t + DRAIN),
-            None if !run.killed => Some(run.kill_at),
-            None => None,
+/// Every signal sidecar-init handles.
+fn handled_signals() -> Vec<i32> {
+    let mut handled: Vec<i32> = vec![libc::SIGTERM, libc::SIGINT, libc::SIGCHLD];
+    handled.extend(supervisor::forwarded_signals());
+    handled
+}
+
+/// Puts sidecar-init's signals in order, first thing: records the mask and
+/// the ignored signals it was started with (for its children), then
+/// unblocks every signal it handles, whatever mask it inherited, and blocks
+/// SIGTTOU and SIGTTIN, so that neither its writes to a terminal whose
+/// foreground is the main program nor `tcsetpgrp` ever stop it (std and
+/// [`Runtime::restore_signals`] give children their own mask).
+pub fn prepare_signals() -> Inherited {
+    // SAFETY: plain libc calls on local, initialized sigset_t values.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+        let masked = (1..=libc::SIGRTMAX()).any(|sig| libc::sigismember(&mask, sig) == 1);
+        let mut ignored = 0u128;
+        let mut unblock: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut unblock);
+        for sig in handled_signals() {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+            {
+                ignored |= 1 << sig;
+            }
+            libc::sigaddset(&mut unblock, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut());
+        let mut tty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut tty);
+        libc::sigaddset(&mut tty, libc::SIGTTOU);
+        libc::sigaddset(&mut tty, libc::SIGTTIN);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &tty, std::ptr::null_mut());
+        Inherited {
+            mask,
+            masked,
+            ignored,
         }
     }
 }
 
-/// A daemon's output pipe and the state of its current line.
+/// A child's output pipe and the state of its current line.
 struct Pipe {
     rx: Receiver,
     splitter: LineSplitter,
     /// The last readiness event has not been followed by `WouldBlock` yet.
     readable: bool,
-}
-
-struct Runtime {
-    poll: Poll,
-    signals: Signals,
-    sup: Supervisor,
-    specs: Vec<DaemonSpec>,
-    /// `[name] ` for each daemon.
-    prefixes: Vec<Prefix>,
-    /// Each daemon's pipe until it reaches EOF.
-    pipes: Vec<Option<Pipe>>,
-    out: Output,
-    /// `READ_SIZE` bytes for reads, then `frame::BLOCK` bytes of slack for
-    /// the framing fast path's block copies.
-    read_buf: Vec<u8>,
-    settings: Settings,
-    /// Its output pipe is the last slot of `pipes`, after the daemons'.
-    notifier: Option<Notifier>,
-    /// Once every daemon is gone: how long queued notifications may still run.
-    exit_wait: Option<Instant>,
-    /// Bytes read but not yet framed, for lack of room in the output buffer.
-    carry: Option<Carry>,
-    /// The pipe slot the next read round starts at.
-    next_pipe: usize,
+    /// Bytes still in the pipe that were there when its process was
+    /// reaped: owed to the log before its exit line.
+    owed: Option<usize>,
 }
 
 /// `read_buf[start..end]`: bytes from pipe `slot` still to be framed.
@@ -150,17 +158,69 @@ struct Carry {
     end: usize,
 }
 
-/// Runs the daemons until every one is gone; returns the exit code.
-pub fn run(specs: Vec<DaemonSpec>, settings: Settings) -> io::Result<i32> {
+struct Runtime {
+    poll: Poll,
+    signals: Signals,
+    sup: Supervisor,
+    units: Vec<Unit>,
+    /// The prefix of each pipe slot's lines.
+    prefixes: Vec<Prefix>,
+    /// Each slot's pipe until it reaches EOF (or is given up).
+    pipes: Vec<Option<Pipe>>,
+    out: Output,
+    /// `READ_SIZE` bytes for reads, then `frame::BLOCK` bytes of slack for
+    /// the framing fast path's block copies.
+    read_buf: Vec<u8>,
+    line_max: usize,
+    notify_argv: Option<Vec<String>>,
+    /// Bytes read but not yet framed, for lack of room in the output buffer.
+    carry: Option<Carry>,
+    /// The pipe slot the next read round starts at.
+    next_pipe: usize,
+    /// What the children's stdin is: /dev/null (or an empty pipe).
+    null: Option<OwnedFd>,
+    inherited: Inherited,
+    /// sidecar-init is PID 1 of its namespace.
+    pid1: bool,
+}
+
+/// The pipe slot of a child: units first, then their check commands, then
+/// the notify command.
+fn slot(id: ChildId, units: usize) -> usize {
+    match id {
+        ChildId::Unit(i) => i,
+        ChildId::Check(i) => units + i,
+        ChildId::Notify => 2 * units,
+    }
+}
+
+/// The child a pipe slot belongs to.
+fn child(slot: usize, units: usize) -> ChildId {
+    if slot < units {
+        ChildId::Unit(slot)
+    } else if slot < 2 * units {
+        ChildId::Check(slot - units)
+    } else {
+        ChildId::Notify
+    }
+}
+
+/// Runs the units until every one is gone; returns the exit code.
+pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Result<i32> {
     // Signals are registered before the first spawn, so no SIGCHLD or
     // SIGTERM can slip between a spawn and the loop.
-    let mut signals = Signals::new(
-        [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD]
-            .into_iter()
-            .chain(supervisor::FORWARDED),
-    )?;
-    become_reaper();
-    raise_fd_limit(specs.len());
+    let mut signals = Signals::new(handled_signals())?;
+    // SAFETY: the action only increments an atomic: async-signal-safe.
+    unsafe {
+        signal_hook::low_level::register(libc::SIGINT, || {
+            SIGINTS.fetch_add(1, Ordering::Relaxed);
+        })?;
+    }
+    let pid1 = std::process::id() == 1;
+    if !pid1 {
+        become_reaper();
+    }
+    raise_fd_limit(2 * units.len());
 
     let poll = Poll::new()?;
     poll.registry()
@@ -168,29 +228,24 @@ pub fn run(specs: Vec<DaemonSpec>, settings: Settings) -> io::Result<i32> {
     let mut out = Output::stdout(output::DEFAULT_CAPACITY);
     out.register(poll.registry(), STDOUT);
 
-    let timing = Timing {
-        grace: settings.grace,
-        drain: DRAIN,
-        drain_stall_max: DRAIN_STALL_MAX,
-        backoff: settings.backoff,
-    };
-    let names = specs.iter().map(|s| s.name.clone());
-    let policies = settings
-        .policies
-        .iter()
-        .copied()
-        .chain(std::iter::repeat(Policy::Never));
-    let sup = Supervisor::new(names.zip(policies), timing);
-    let notifier = settings.notify.clone().map(|argv| Notifier {
-        argv,
-        timeout: settings.notify_timeout,
-        queue: notify::Queue::new(notify::DEFAULT_CAPACITY),
-        run: None,
-    });
-    let mut prefixes: Vec<Prefix> = specs
-        .iter()
-        .map(|s| Prefix::new(format!("[{}] ", s.name).as_bytes()))
-        .collect();
+    let mut timing = settings.timing.clone();
+    timing.notify_timeout = settings
+        .notify
+        .as_ref()
+        .map(|_| timing.notify_timeout.unwrap_or_default());
+    let sup = Supervisor::new(units.iter().map(|u| u.spec.clone()).collect(), timing);
+    let n = units.len();
+    let mut prefixes: Vec<Prefix> = Vec::with_capacity(2 * n + 1);
+    prefixes.extend(
+        units
+            .iter()
+            .map(|u| Prefix::new(format!("[{}] ", u.spec.name).as_bytes())),
+    );
+    prefixes.extend(
+        units
+            .iter()
+            .map(|u| Prefix::new(format!("[{} check] ", u.spec.name).as_bytes())),
+    );
     prefixes.push(Prefix::new(NOTIFY_PREFIX));
     let mut rt = Runtime {
         poll,
@@ -198,26 +253,22 @@ pub fn run(specs: Vec<DaemonSpec>, settings: Settings) -> io::Result<i32> {
         sup,
         pipes: prefixes.iter().map(|_| None).collect(),
         prefixes,
-        specs,
+        units,
         out,
         read_buf: vec![0; READ_SIZE + frame::BLOCK],
-        settings,
-        notifier,
-        exit_wait: None,
+        line_max: settings.line_max,
+        notify_argv: settings.notify,
         carry: None,
         next_pipe: 0,
+        null: open_null(),
+        inherited,
+        pid1,
     };
-    rt.sup.start();
+    rt.sup.start(Instant::now());
     rt.apply();
     rt.run_loop()?;
 
     let code = rt.sup.exit_code();
-    if let Some(n) = &rt.notifier {
-        let (waiting, dropped) = n.queue.backlog();
-        if waiting > 0 || dropped > 0 {
-            log::debug!("exiting with {waiting} notifications not sent ({dropped} dropped)");
-        }
-    }
     log::info!("exit {code}");
     rt.final_flush();
     rt.out.restore();
@@ -229,10 +280,12 @@ impl Runtime {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
+            if self.sup.awaiting_groups() {
+                self.sup.check_groups(group_alive, now);
+            }
             self.sup.tick(now);
             self.apply();
-            self.notifier_tick(now);
-            if self.sup.finished() && self.notifications_done(now) {
+            if self.sup.finished() {
                 return Ok(());
             }
             // Lines just logged (a deadline passed, a spawn failed) go out
@@ -241,18 +294,17 @@ impl Runtime {
             if self.out.ready() {
                 self.out.flush();
             }
+            self.sup.output_stall(self.out.stalled_since(), now);
             // Work left over from the last round (a pipe not yet read to
-            // WouldBlock, or stdout ready for pending bytes) means look for
-            // events without sleeping; otherwise sleep until the deadline.
+            // WouldBlock, stdout ready for pending bytes, units queued to
+            // start) means look for events without sleeping; otherwise
+            // sleep until the deadline.
             let timeout = if self.has_work() {
                 Some(Duration::ZERO)
             } else {
-                let notify_deadline = self.notifier.as_ref().and_then(Notifier::deadline);
-                let deadline = (self.sup.next_deadline().into_iter())
-                    .chain(notify_deadline)
-                    .chain(self.exit_wait)
-                    .min();
-                deadline.map(|d| d.saturating_duration_since(now))
+                self.sup
+                    .next_deadline()
+                    .map(|d| d.saturating_duration_since(now))
             };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -276,15 +328,15 @@ impl Runtime {
             }
             self.read_round();
             self.out.flush();
-            // While the buffer is full no pipe is read: daemons' drain
-            // clocks stand still.
+            // While the buffer is full and the reader takes nothing, no
+            // pipe is read: the supervisor's drain clocks stand still.
             self.sup
-                .output_stalled(self.out.room() == 0, Instant::now());
+                .output_stall(self.out.stalled_since(), Instant::now());
         }
     }
 
     fn has_work(&self) -> bool {
-        if self.out.pending() && self.out.ready() {
+        if self.sup.has_work() || (self.out.pending() && self.out.ready()) {
             return true;
         }
         let readable = || self.pipes.iter().flatten().any(|p| p.readable);
@@ -295,161 +347,128 @@ impl Runtime {
     fn apply(&mut self) {
         while let Some(action) = self.sup.next_action() {
             match action {
-                Action::Spawn(i) => self.spawn(i),
+                Action::Spawn(i) => self.spawn_unit(i),
+                Action::RunCheck(i, purpose) => self.run_check(i, purpose),
+                Action::CancelCheck(_) => {}
+                Action::WatchLine(_, _) => {}
+                Action::SpawnNotify(event, dropped) => {
+                    let Some(argv) = self.notify_argv.clone() else {
+                        continue;
+                    };
+                    let env: Vec<(String, String)> = event
+                        .env(dropped)
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect();
+                    log::debug!("notify: {} {}", event.kind, event.daemon);
+                    self.spawn_child(ChildId::Notify, &argv, &env, true);
+                }
                 Action::Signal { pgid, signal } => send(pgid, signal),
+                Action::AbandonPipe(id) => {
+                    let lost = self.retire_pipe(slot(id, self.units.len()));
+                    self.sup.pipe_abandoned(id, lost, Instant::now());
+                }
+                Action::Sweep(signal) => self.sweep(signal),
                 Action::Log(level, msg) => log::log!(level, "{msg}"),
-                Action::Notify(event) => {
-                    if let Some(n) = &mut self.notifier {
-                        n.queue.push(event);
-                        self.start_notifier();
-                    }
-                }
             }
         }
     }
 
-    /// Runs the notify command for the next queued event, if none runs.
-    fn start_notifier(&mut self) {
-        let slot = self.specs.len();
-        loop {
-            let Some(n) = &mut self.notifier else { return };
-            let Some((event, dropped)) = n.queue.start_next() else {
-                return;
-            };
-            let env = event.env(dropped);
-            match spawn(&n.argv, &env, pipe_size(self.specs.len())) {
-                Ok((pid, rx)) => {
-                    n.run = Some(NotifyRun {
-                        pid,
-                        kill_at: Instant::now() + n.timeout,
-                        killed: false,
-                        reaped_at: None,
-                    });
-                    log::debug!("notify: {} {} (pid {pid})", event.kind, event.daemon);
-                    self.open_pipe(slot, rx);
-                    return;
-                }
-                Err(e) => {
-                    log::warn!(
-                        "cannot run the notify command {}: {}",
-                        n.argv[0],
-                        describe(&e)
-                    );
-                    n.queue.finished();
-                }
-            }
-        }
+    fn spawn_unit(&mut self, i: usize) {
+        let argv = self.units[i].argv.clone();
+        self.spawn_child(ChildId::Unit(i), &argv, &[], true);
     }
 
-    /// Whether sidecar-init, its daemons gone, may exit as far as the
-    /// notify command is concerned: nothing is running or queued, or the
-    /// bounded wait for that has passed (then a running command is killed).
-    fn notifications_done(&mut self, now: Instant) -> bool {
-        let Some(n) = &mut self.notifier else {
-            return true;
-        };
-        if n.run.is_none() && n.queue.backlog().0 == 0 {
-            return true;
-        }
-        let deadline = *self.exit_wait.get_or_insert(now + NOTIFY_EXIT_WAIT);
-        if now < deadline {
-            return false;
-        }
-        if let Some(run) = n.run.as_ref().filter(|r| r.reaped_at.is_none()) {
-            log::warn!("notify command still running at exit; killing it");
-            send(run.pid, libc::SIGKILL);
-        }
-        true
+    /// Runs unit `i`'s check: a command is a child like any other.
+    fn run_check(&mut self, i: usize, purpose: Purpose) {
+        let _ = purpose;
+        let verdict = Err("checks are not supported yet".to_string());
+        self.sup.check_done(i, verdict, Instant::now());
     }
 
-    /// Kills a notify command that has run too long; once a run is reaped
-    /// and its output drained (or the drain period is over), starts the next.
-    fn notifier_tick(&mut self, now: Instant) {
-        let slot = self.specs.len();
-        let Some(n) = &mut self.notifier else { return };
-        let Some(run) = &mut n.run else { return };
-        match run.reaped_at {
-            None => {
-                if !run.killed && now >= run.kill_at {
-                    run.killed = true;
-                    log::warn!(
-                        "notify command still running after {}; killing it",
-                        supervisor::format_secs(n.timeout)
-                    );
-                    send(run.pid, libc::SIGKILL);
-                }
-            }
-            Some(reaped_at) => {
-                if self.pipes[slot].is_none() || now >= reaped_at + DRAIN {
-                    n.run = None;
-                    n.queue.finished();
-                    self.close_pipe(slot);
-                    self.start_notifier();
-                }
-            }
-        }
-    }
-
-    /// `pid` was the notify command; false if it was not.
-    fn notifier_reaped(&mut self, pid: i32, ending: Ending, now: Instant) -> bool {
-        let Some(n) = &mut self.notifier else {
-            return false;
-        };
-        let Some(run) = n
-            .run
-            .as_mut()
-            .filter(|r| r.pid == pid && r.reaped_at.is_none())
-        else {
-            return false;
-        };
-        run.reaped_at = Some(now);
-        let code = ending.code(false);
-        if code == 0 {
-            log::debug!("notify command exited with code 0");
-        } else {
-            log::warn!("notify command exited with code {code}{ending}");
-        }
-        self.notifier_tick(now);
-        true
-    }
-
-    /// Registers pipe `slot` (a daemon's, or the notifier's) for reading.
-    fn open_pipe(&mut self, slot: usize, mut rx: Receiver) {
-        let token = Token(FIRST_PIPE + slot);
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut rx, token, Interest::READABLE)
-        {
-            // The process runs, but we cannot read it: keep it without output.
-            log::error!("epoll_ctl for pipe {slot}: {e}");
-        }
-        // A restarted daemon's previous pipe, given up at its drain
-        // deadline: its last lines must not run into the new run's.
-        self.retire_pipe(slot);
-        self.pipes[slot] = Some(Pipe {
-            rx,
-            splitter: LineSplitter::new(self.settings.line_max),
-            readable: false,
-        });
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let spec = &self.specs[i];
-        match spawn(&spec.argv, &[], pipe_size(self.specs.len())) {
+    /// Starts child `id`: `argv` in its own process group, stdin from
+    /// /dev/null, `env` added, stdout and stderr into a new pipe read in
+    /// `id`'s slot when `piped`. Reports to the supervisor either way.
+    fn spawn_child(&mut self, id: ChildId, argv: &[String], env: &[(String, String)], piped: bool) {
+        let units = self.units.len();
+        let now = Instant::now();
+        match self.spawn(argv, env, piped) {
             Ok((pid, rx)) => {
-                log::debug!("{} runs as pid {pid}", spec.name);
-                self.open_pipe(i, rx);
-                self.sup.spawned(i, pid, Instant::now());
+                log::debug!("{} runs as pid {pid}", argv[0]);
+                let has_pipe = rx.is_some();
+                if let Some(rx) = rx {
+                    self.open_pipe(slot(id, units), rx);
+                }
+                self.sup.spawned(id, pid, has_pipe, now);
             }
             Err(e) => {
-                let code = match e.kind() {
-                    io::ErrorKind::NotFound => exit::NOT_FOUND,
-                    _ => exit::NOT_EXECUTABLE,
-                };
-                let error = format!("{}: {}", spec.argv[0], describe(&e));
-                self.sup.spawn_failed(i, code, &error, Instant::now());
+                let (code, what) = spawn_error(&e);
+                let error = format!("{}: {what}", argv[0]);
+                self.sup.spawn_failed(id, code, &error, now);
             }
+        }
+    }
+
+    fn spawn(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        piped: bool,
+    ) -> io::Result<(i32, Option<Receiver>)> {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .process_group(0);
+        match &self.null {
+            Some(null) => cmd.stdin(Stdio::from(null.try_clone()?)),
+            None => cmd.stdin(Stdio::null()),
+        };
+        let rx = if piped {
+            let (tx, rx) = pipe::new()?;
+            let size = pipe_size(self.units.len());
+            // Best effort: a smaller pipe only costs speed.
+            if size > DEFAULT_PIPE_SIZE {
+                let size = i32::try_from(size).unwrap_or(i32::MAX);
+                let _ = nix::fcntl::fcntl(&rx, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+            }
+            // The child's end must block like any ordinary stdout.
+            tx.set_nonblocking(false)?;
+            let stdout = OwnedFd::from(tx);
+            let stderr = stdout.try_clone()?;
+            cmd.stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
+            Some(rx)
+        } else {
+            None
+        };
+        self.restore_signals(&mut cmd);
+        // Every descriptor of ours is close-on-exec (see `sanitize_fds`), so
+        // the child starts with 0, 1 and 2 only.
+        let child = cmd.spawn()?;
+        // The Child is dropped without waiting: `reap` owns waitpid.
+        Ok((child.id() as i32, rx))
+    }
+
+    /// Gives the child the signal mask and ignored signals sidecar-init
+    /// was started with (std empties the mask and resets SIGPIPE). Only
+    /// when there is something to restore: a `pre_exec` closure keeps std
+    /// from using posix_spawn, which is cheaper for large tables.
+    fn restore_signals(&self, cmd: &mut Command) {
+        let inherited = self.inherited;
+        if !inherited.masked && inherited.ignored == 0 {
+            return;
+        }
+        // SAFETY: the closure only calls async-signal-safe functions
+        // (signal, sigprocmask) and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                for sig in 1..128 {
+                    if inherited.ignored & (1 << sig) != 0 {
+                        libc::signal(sig, libc::SIG_IGN);
+                    }
+                }
+                libc::sigprocmask(libc::SIG_SETMASK, &inherited.mask, std::ptr::null_mut());
+                Ok(())
+            });
         }
     }
 
@@ -461,37 +480,66 @@ impl Runtime {
         if received.contains(&libc::SIGCHLD) {
             self.reap();
         }
-        for sig in received.into_iter().filter(|&s| s != libc::SIGCHLD) {
+        for sig in received {
+            if sig == libc::SIGCHLD || sig == libc::SIGINT {
+                continue;
+            }
             log::debug!("received {}", exit::signal_name(sig));
             self.sup.signal(sig, Instant::now());
             self.apply();
         }
+        // Every SIGINT counts: a second one kills at once.
+        for _ in 0..SIGINTS.swap(0, Ordering::Relaxed) {
+            log::debug!("received SIGINT");
+            self.sup.signal(libc::SIGINT, Instant::now());
+            self.apply();
+        }
     }
 
-    /// Reaps every child that has exited — daemons and adopted orphans
-    /// alike. Signals coalesce, so one SIGCHLD may stand for many exits.
+    /// Reaps every child that has exited — units, checks, the notify
+    /// command and adopted orphans alike. Signals coalesce, so one SIGCHLD
+    /// may stand for many exits.
     fn reap(&mut self) {
         loop {
             let (pid, ending) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, status)) => (pid, Ending::Exited(status)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Ending::Signaled(sig as i32)),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(WaitStatus::StillAlive) => {
+                    self.sup.children_left(true);
+                    break;
+                }
+                Err(Errno::ECHILD) => {
+                    self.sup.children_left(false);
+                    break;
+                }
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(e) => {
                     log::warn!("waitpid: {}", e.desc());
-                    return;
+                    break;
                 }
             };
             let pid = pid.as_raw();
             let now = Instant::now();
-            if !self.notifier_reaped(pid, ending, now) && !self.sup.reaped(pid, ending, now) {
-                log::debug!("reaped pid {pid} (not a daemon){ending}");
+            match self.sup.child_of(pid) {
+                Some(id) => {
+                    let s = slot(id, self.units.len());
+                    let queued = self.pipes[s].as_ref().map_or(0, |p| unread(&p.rx));
+                    if let Some(p) = self.pipes[s].as_mut() {
+                        p.owed = (queued > 0).then_some(queued);
+                    }
+                    self.sup.reaped(id, ending, queued == 0, now);
+                }
+                None => log::debug!("reaped pid {pid} (not a daemon){ending}"),
             }
+            self.apply();
+        }
+        if self.sup.awaiting_groups() {
+            self.sup.check_groups(group_alive, Instant::now());
             self.apply();
         }
     }
 
-    /// Reads each readable pipe once (bounded work per daemon per wake-up,
+    /// Reads each readable pipe once (bounded work per child per wake-up,
     /// so a chatty daemon cannot starve the others or the signals), while
     /// the output buffer has room.
     fn read_round(&mut self) {
@@ -518,18 +566,40 @@ impl Runtime {
             match p.rx.read(&mut self.read_buf[..READ_SIZE]) {
                 Ok(0) => self.close_pipe(i),
                 Ok(n) => {
+                    if let Some(owed) = p.owed {
+                        self.owed_read(i, owed, n);
+                    }
                     if !self.pump(i, 0, n) {
                         self.next_pipe = (i + 1) % count;
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => p.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    p.readable = false;
+                    if p.owed.is_some() {
+                        // Nothing left after all (someone else read it).
+                        self.owed_read(i, 0, 0);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::warn!("read pipe {i}: {}", describe(&e));
                     self.close_pipe(i);
                 }
             }
+        }
+    }
+
+    /// `n` of the `owed` bytes of pipe `slot` were read.
+    fn owed_read(&mut self, slot: usize, owed: usize, n: usize) {
+        let left = owed.saturating_sub(n);
+        if let Some(p) = self.pipes[slot].as_mut() {
+            p.owed = (left > 0).then_some(left);
+        }
+        if left == 0 {
+            let id = child(slot, self.units.len());
+            self.sup.owed_done(id, Instant::now());
+            self.apply();
         }
     }
 
@@ -562,31 +632,53 @@ impl Runtime {
         false
     }
 
-    /// Pipe `slot` reached EOF (or is abandoned): stop reading it.
+    /// Registers pipe `slot` for reading.
+    fn open_pipe(&mut self, slot: usize, mut rx: Receiver) {
+        let token = Token(FIRST_PIPE + slot);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut rx, token, Interest::READABLE)
+        {
+            // The process runs, but we cannot read it: keep it without output.
+            log::error!("epoll_ctl for pipe {slot}: {e}");
+        }
+        // A restarted child's previous pipe, given up at its drain
+        // deadline: its last lines must not run into the new run's.
+        self.retire_pipe(slot);
+        self.pipes[slot] = Some(Pipe {
+            rx,
+            splitter: LineSplitter::new(self.line_max),
+            readable: false,
+            owed: None,
+        });
+    }
+
+    /// Pipe `slot` reached EOF (or failed): stop reading it.
     fn close_pipe(&mut self, slot: usize) {
-        if !self.retire_pipe(slot) {
+        if self.pipes[slot].is_none() {
             return;
         }
-        if slot < self.specs.len() {
-            self.sup.pipe_closed(slot, Instant::now());
-            self.apply();
-        } else {
-            self.notifier_tick(Instant::now());
-        }
+        self.retire_pipe(slot);
+        let id = child(slot, self.units.len());
+        self.sup.pipe_closed(id, Instant::now());
+        self.apply();
     }
 
     /// Stops reading pipe `slot`, if there is one: frames what was read
     /// from it (within the buffer's limit) and its unterminated last line.
-    /// Returns whether there was a pipe.
-    fn retire_pipe(&mut self, slot: usize) -> bool {
+    /// Returns the bytes of its output that are lost: read but not framed
+    /// for want of room, and still unread in the pipe.
+    fn retire_pipe(&mut self, slot: usize) -> usize {
         let Some(mut p) = self.pipes[slot].take() else {
-            return false;
+            return 0;
         };
+        let mut lost = unread(&p.rx);
         let _ = self.poll.registry().deregister(&mut p.rx);
         if let Some(c) = self.carry.filter(|c| c.slot == slot) {
             // Given up with bytes still carried (stdout stalled past the
             // drain deadline): what fits under the usual limit goes out, the
-            // rest is dropped, as is whatever was still unread in the pipe.
+            // rest is dropped.
             self.carry = None;
             let limit = self.out.capacity();
             let used = frame::frame_chunk(
@@ -597,18 +689,41 @@ impl Runtime {
                 c.end - c.start,
                 limit,
             );
-            let dropped = c.end - c.start - used;
-            if dropped > 0 {
-                let whose = match self.specs.get(slot) {
-                    Some(spec) => format!("{}'s", spec.name),
-                    None => "the notify command's".to_string(),
-                };
-                log::warn!("{dropped} bytes of {whose} output dropped: stdout is not being read");
-            }
+            lost += c.end - c.start - used;
         }
         let (prefix, buf) = (self.prefixes[slot].as_bytes(), self.out.buf());
         p.splitter.finish(|line| buf.push_framed(prefix, line));
-        true
+        lost
+    }
+
+    /// Signals every process left that is ours to reap, and says how many.
+    fn sweep(&mut self, signal: i32) {
+        let pids = leftover_processes(self.pid1);
+        let name = exit::signal_name(signal);
+        let count = pids.as_ref().map_or(0, Vec::len);
+        match &pids {
+            Some(p) if p.is_empty() => {}
+            Some(_) if signal == libc::SIGKILL => {
+                log::warn!("grace period over; SIGKILL on {count} remaining processes");
+            }
+            Some(_) => log::info!("sending {name} to {count} remaining processes"),
+            None => log::info!("sending {name} to the remaining processes"),
+        }
+        if self.pid1 {
+            // Every process of the namespace but us.
+            let _ = kill(Pid::from_raw(-1), Signal::try_from(signal).ok());
+            if signal != libc::SIGKILL {
+                let _ = kill(Pid::from_raw(-1), Signal::SIGCONT);
+            }
+        } else {
+            for &pid in pids.iter().flatten() {
+                let _ = kill(Pid::from_raw(pid), Signal::try_from(signal).ok());
+                if signal != libc::SIGKILL {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+                }
+            }
+        }
+        self.reap();
     }
 
     /// Writes what is left, waiting for a slow reader a bounded time.
@@ -643,43 +758,103 @@ impl Runtime {
     }
 }
 
-/// Starts `argv` in its own process group with `env` added, stdout and
-/// stderr into one pipe whose read end is returned (non-blocking,
-/// close-on-exec).
-fn spawn(argv: &[String], env: &[(&str, String)], pipe_size: usize) -> io::Result<(i32, Receiver)> {
-    let (tx, rx) = pipe::new()?;
-    // Best effort: a smaller pipe only costs speed.
-    if pipe_size > DEFAULT_PIPE_SIZE {
-        let size = i32::try_from(pipe_size).unwrap_or(i32::MAX);
-        let _ = nix::fcntl::fcntl(&rx, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+/// The exit code and description of a failed spawn: 127 for a command
+/// not found, 125 when resources ran out (descriptors, processes, memory:
+/// a restart may well succeed), 126 for anything else that keeps it from
+/// being executed.
+fn spawn_error(e: &io::Error) -> (i32, String) {
+    let code = match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR) => exit::NOT_FOUND,
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM) => exit::NO_RESOURCES,
+        _ if e.kind() == io::ErrorKind::NotFound => exit::NOT_FOUND,
+        _ => exit::NOT_EXECUTABLE,
+    };
+    (code, describe(e))
+}
+
+/// Bytes waiting in a pipe (FIONREAD).
+fn unread(rx: &Receiver) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int.
+    let r = unsafe { libc::ioctl(rx.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r == 0 { n.max(0) as usize } else { 0 }
+}
+
+/// Whether process group `pgid` still has a member.
+fn group_alive(pgid: i32) -> bool {
+    !matches!(kill(Pid::from_raw(-pgid), None), Err(Errno::ESRCH))
+}
+
+/// The processes left that are ours to reap (not zombies): as PID 1, every
+/// process of the namespace but us; else every descendant. `None` when
+/// /proc cannot tell.
+fn leftover_processes(pid1: bool) -> Option<Vec<i32>> {
+    let me = std::process::id() as i32;
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            == Some(false)
+    };
+    if pid1 {
+        let dir = std::fs::read_dir("/proc").ok()?;
+        let pids = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&p| p != me && alive(p))
+            .collect();
+        return Some(pids);
     }
-    // The daemon's end must block like any ordinary stdout.
-    tx.set_nonblocking(false)?;
-    let stdout = OwnedFd::from(tx);
-    let stderr = stdout.try_clone()?;
-    // No pre_exec closure, so std can use posix_spawn. Every descriptor of
-    // ours is close-on-exec (see `sanitize_fds`), so the daemon
-    // starts with 0, 1 and 2 only.
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .process_group(0)
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .spawn()?;
-    // The Child is dropped without waiting: `reap` owns waitpid.
-    Ok((child.id() as i32, rx))
+    let mut found = Vec::new();
+    let mut todo = vec![me];
+    while let Some(pid) = todo.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        for task in tasks.flatten() {
+            let path = task.path().join("children");
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            for c in text
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                if !found.contains(&c) {
+                    todo.push(c);
+                    if alive(c) {
+                        found.push(c);
+                    }
+                }
+            }
+        }
+    }
+    Some(found)
+}
+
+/// /dev/null for the children's stdin; an empty pipe (EOF at once) where
+/// there is no /dev/null.
+fn open_null() -> Option<OwnedFd> {
+    match std::fs::File::open("/dev/null") {
+        Ok(f) => Some(OwnedFd::from(f)),
+        Err(_) => {
+            let (tx, rx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+            drop(tx);
+            Some(rx)
+        }
+    }
 }
 
 /// Sends `signal` to process group `pgid`. A group that is already gone
 /// (ESRCH) is expected; anything else is worth a warning.
 fn send(pgid: i32, signal: i32) {
-    let Ok(sig) = Signal::try_from(signal) else {
-        return;
-    };
-    match kill(Pid::from_raw(-pgid), sig) {
-        Ok(()) | Err(Errno::ESRCH) => {}
-        Err(e) => log::warn!("kill(-{pgid}, {sig}): {}", e.desc()),
+    // SAFETY: kill has no memory effects; real-time signals have no `Signal`.
+    let r = unsafe { libc::kill(-pgid, signal) };
+    if r != 0 {
+        let e = Errno::last();
+        if e != Errno::ESRCH {
+            log::warn!("kill(-{pgid}, {}): {}", exit::signal_name(signal), e.desc());
+        }
     }
 }
 
@@ -705,18 +880,16 @@ fn pipe_size(daemons: usize) -> usize {
 /// When not PID 1, become a child subreaper, so that orphans of the
 /// daemons are re-parented to us and reaped, as they would be by PID 1.
 fn become_reaper() {
-    if std::process::id() != 1 {
-        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            log::warn!("prctl(PR_SET_CHILD_SUBREAPER): {}", e.desc());
-        }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log::warn!("prctl(PR_SET_CHILD_SUBREAPER): {}", e.desc());
     }
 }
 
-/// Makes sure a table of `daemons` fits in the descriptor limit (one pipe
-/// each, plus a few of our own), raising the soft limit only if needed.
-fn raise_fd_limit(daemons: usize) {
+/// Makes sure `pipes` children's pipes fit in the descriptor limit, plus
+/// a few of our own, raising the soft limit only if needed.
+fn raise_fd_limit(pipes: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let needed = daemons as u64 + 64;
+    let needed = pipes as u64 + 64;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if soft < needed {
             let new = needed.min(hard);
@@ -809,5 +982,19 @@ mod tests {
             );
             assert!(size <= READ_SIZE, "a full pipe fits one read");
         }
+    }
+
+    #[test]
+    fn slots_and_children_map_both_ways() {
+        for id in [
+            ChildId::Unit(0),
+            ChildId::Unit(2),
+            ChildId::Check(0),
+            ChildId::Check(2),
+            ChildId::Notify,
+        ] {
+            assert_eq!(child(slot(id, 3), 3), id);
+        }
+        assert_eq!(slot(ChildId::Notify, 3), 6);
     }
 }
