@@ -20,7 +20,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use crate::procfile;
+use crate::{grammar, procfile};
 
 /// A readiness or liveness check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,56 +69,7 @@ impl Check {
     /// Errors name the problem and the forms, e.g. "'tcp:x' is not a
     /// check: 'x' is not a port (1 to 65535) (tcp:PORT, tcp:HOST:PORT)".
     pub fn parse(text: &str) -> Result<Check, String> {
-        let bad = |why: String, forms: &str| format!("'{text}' is not a check: {why} ({forms})");
-        if text.eq_ignore_ascii_case("notify") {
-            return Ok(Check::Notify);
-        }
-        let Some((kind, rest)) = text.split_once(':') else {
-            return Err(format!("'{text}' is not a check ({ALL_FORMS})"));
-        };
-        match kind.to_ascii_lowercase().as_str() {
-            "tcp" => {
-                let (host, port) = split_host_port(rest).map_err(|why| bad(why, TCP_FORMS))?;
-                let addr = match port {
-                    Some(port) => {
-                        let port = parse_port(port).map_err(|why| bad(why, TCP_FORMS))?;
-                        let ip = parse_host(host).map_err(|why| bad(why, TCP_FORMS))?;
-                        SocketAddr::new(ip, port)
-                    }
-                    None if host.starts_with('[') => {
-                        return Err(bad(format!("no port after {host}"), TCP_FORMS));
-                    }
-                    None => {
-                        let port = parse_port(host).map_err(|why| bad(why, TCP_FORMS))?;
-                        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
-                    }
-                };
-                Ok(Check::Tcp(addr))
-            }
-            "http" => parse_http(rest).map_err(|why| bad(why, HTTP_FORMS)),
-            "file" => {
-                if rest.is_empty() {
-                    Err(bad("the path is empty".into(), "file:PATH"))
-                } else if rest.contains('\0') {
-                    Err(bad("the path holds a NUL byte".into(), "file:PATH"))
-                } else {
-                    Ok(Check::File(PathBuf::from(rest)))
-                }
-            }
-            "exec" => procfile::split_words(rest)
-                .map(Check::Exec)
-                .map_err(|why| bad(why, "exec:COMMAND")),
-            "line" => {
-                if rest.is_empty() {
-                    Err(bad("the text is empty".into(), "line:TEXT"))
-                } else if rest.contains('\n') {
-                    Err(bad("a line cannot hold a newline".into(), "line:TEXT"))
-                } else {
-                    Ok(Check::Line(rest.to_string()))
-                }
-            }
-            _ => Err(format!("'{text}' is not a check ({ALL_FORMS})")),
-        }
+        parse_check(text).map_err(|e| grammar::printable(&e))
     }
 
     /// Polled on an interval (tcp, http, file, exec) rather than event-driven (line, notify).
@@ -127,6 +78,60 @@ impl Check {
             Check::Tcp(_) | Check::Http { .. } | Check::File(_) | Check::Exec(_) => true,
             Check::Line(_) | Check::Notify => false,
         }
+    }
+}
+
+/// [`Check::parse`] before control characters are escaped.
+fn parse_check(text: &str) -> Result<Check, String> {
+    let bad = |why: String, forms: &str| format!("'{text}' is not a check: {why} ({forms})");
+    if text.eq_ignore_ascii_case("notify") {
+        return Ok(Check::Notify);
+    }
+    let Some((kind, rest)) = text.split_once(':') else {
+        return Err(format!("'{text}' is not a check ({ALL_FORMS})"));
+    };
+    match kind.to_ascii_lowercase().as_str() {
+        "tcp" => {
+            let (host, port) = split_host_port(rest).map_err(|why| bad(why, TCP_FORMS))?;
+            let addr = match port {
+                Some(port) => {
+                    let port = parse_port(port).map_err(|why| bad(why, TCP_FORMS))?;
+                    let ip = parse_host(host).map_err(|why| bad(why, TCP_FORMS))?;
+                    SocketAddr::new(ip, port)
+                }
+                None if host.starts_with('[') => {
+                    return Err(bad(format!("no port after {host}"), TCP_FORMS));
+                }
+                None => {
+                    let port = parse_port(host).map_err(|why| bad(why, TCP_FORMS))?;
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+                }
+            };
+            Ok(Check::Tcp(addr))
+        }
+        "http" => parse_http(rest).map_err(|why| bad(why, HTTP_FORMS)),
+        "file" => {
+            if rest.is_empty() {
+                Err(bad("the path is empty".into(), "file:PATH"))
+            } else if rest.contains('\0') {
+                Err(bad("the path holds a NUL byte".into(), "file:PATH"))
+            } else {
+                Ok(Check::File(PathBuf::from(rest)))
+            }
+        }
+        "exec" => procfile::split_words(rest)
+            .map(Check::Exec)
+            .map_err(|why| bad(why, "exec:COMMAND")),
+        "line" => {
+            if rest.is_empty() {
+                Err(bad("the text is empty".into(), "line:TEXT"))
+            } else if rest.contains('\n') {
+                Err(bad("a line cannot hold a newline".into(), "line:TEXT"))
+            } else {
+                Ok(Check::Line(rest.to_string()))
+            }
+        }
+        _ => Err(format!("'{text}' is not a check ({ALL_FORMS})")),
     }
 }
 
@@ -494,13 +499,13 @@ mod tests {
             (
                 "http:80/a\tb",
                 format!(
-                    "'http:80/a\tb' is not a check: the path holds '\\t': a path has no blank or control character {http}"
+                    "'http:80/a\\tb' is not a check: the path holds '\\t': a path has no blank or control character {http}"
                 ),
             ),
             (
                 "http:80/a\r\n",
                 format!(
-                    "'http:80/a\r\n' is not a check: the path holds '\\r': a path has no blank or control character {http}"
+                    "'http:80/a\\r\\n' is not a check: the path holds '\\r': a path has no blank or control character {http}"
                 ),
             ),
             (
@@ -509,7 +514,7 @@ mod tests {
             ),
             (
                 "file:a\0b",
-                "'file:a\0b' is not a check: the path holds a NUL byte (file:PATH)".into(),
+                "'file:a\\0b' is not a check: the path holds a NUL byte (file:PATH)".into(),
             ),
             (
                 "exec:",
@@ -525,7 +530,8 @@ mod tests {
             ),
             (
                 "exec:a\nb",
-                "'exec:a\nb' is not a check: a command must be a single line (exec:COMMAND)".into(),
+                "'exec:a\\nb' is not a check: a command must be a single line (exec:COMMAND)"
+                    .into(),
             ),
             (
                 "line:",
@@ -533,7 +539,7 @@ mod tests {
             ),
             (
                 "line:a\nb",
-                "'line:a\nb' is not a check: a line cannot hold a newline (line:TEXT)".into(),
+                "'line:a\\nb' is not a check: a line cannot hold a newline (line:TEXT)".into(),
             ),
         ];
         for (text, want) in cases {

@@ -33,6 +33,22 @@ pub struct Item {
     pub value: String,
 }
 
+/// `text` with its control characters escaped as Rust escapes them (`\n`,
+/// `\t`, `\0`, `\u{1b}`), so that a message quoting what a user wrote is
+/// one line and shows what was there. Every error of this module, of
+/// [`crate::check`] and of [`crate::users`] goes through it.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Blanks that are trimmed around items, names and values when unquoted.
 fn is_blank(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
@@ -77,6 +93,10 @@ fn text_of(pieces: &[Piece]) -> Result<String, String> {
 /// An item that is only quotes (`''`) is a bare empty value, not an empty
 /// item. Blanks inside a value are kept as written (`exec:wget -q x`).
 pub fn items(text: &str) -> Result<Vec<Item>, String> {
+    split_items(text).map_err(|e| printable(&e))
+}
+
+fn split_items(text: &str) -> Result<Vec<Item>, String> {
     let mut lexer = Lexer::new(text);
     let mut items = Vec::new();
     loop {
@@ -181,6 +201,10 @@ fn quote_value(value: &str, bare: bool) -> String {
 /// For list options (--oneshot, --essential): every item must be a bare,
 /// valid daemon name; returns them in order (duplicates kept once).
 pub fn names(text: &str) -> Result<Vec<String>, String> {
+    list_names(text).map_err(|e| printable(&e))
+}
+
+fn list_names(text: &str) -> Result<Vec<String>, String> {
     let mut names: Vec<String> = Vec::new();
     for item in items(text)? {
         if item.name.is_some() {
@@ -230,6 +254,10 @@ const DURATION_FORMS: &str = "e.g. 8, 0.5, 500ms, 1m30s";
 /// assert_eq!(parse_duration("25h").unwrap_err(), "'25h' is more than a day");
 /// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration(text).map_err(|e| printable(&e))
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let nanos = duration_nanos(t).map_err(|unit| match unit {
         Some(unit) => format!(
@@ -357,6 +385,10 @@ const MAX_SIGNAL: i32 = 64;
 /// which keep the first ones for themselves), and `RTMAX` is 64; outer
 /// blanks are trimmed.
 pub fn parse_signal(text: &str) -> Result<i32, String> {
+    signal(text).map_err(|e| printable(&e))
+}
+
+fn signal(text: &str) -> Result<i32, String> {
     let t = text.trim();
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
         return match t.parse::<i32>() {
@@ -565,6 +597,24 @@ mod tests {
                 assert_eq!(items(&text), Ok(list), "{text:?}");
             }
         }
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        assert_eq!(
+            items("web='a\nb"),
+            Err("unterminated single quote in web='a\\nb".into())
+        );
+        assert_eq!(
+            names("'a\tb'"),
+            Err("'a\\tb' is not a daemon name (names use only A-Z a-z 0-9 _ . -)".into())
+        );
+        assert_eq!(
+            parse_duration("1\u{1b}"),
+            Err("'1\\u{1b}' is not a duration (e.g. 8, 0.5, 500ms, 1m30s)".into())
+        );
+        assert!(!parse_signal("\r").unwrap_err().contains('\r'));
+        assert_eq!(printable("a\0b\u{85}é"), "a\\0b\\u{85}é");
     }
 
     #[test]

@@ -16,6 +16,8 @@
 
 use std::fmt;
 
+use crate::grammar::printable;
+
 /// `USER[:GROUP]` as written: each a name or a number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserSpec {
@@ -44,6 +46,10 @@ const USER_FORMS: &str = "USER, USER:GROUP, UID or UID:GID";
 /// below 4294967295; any other part is a name, which may not hold blanks or
 /// control characters.
 pub fn parse_user(text: &str) -> Result<UserSpec, String> {
+    user_spec(text).map_err(|e| printable(&e))
+}
+
+fn user_spec(text: &str) -> Result<UserSpec, String> {
     let t = text.trim();
     let (user, group) = match t.split_once(':') {
         Some((user, group)) => (user, Some(group)),
@@ -133,6 +139,10 @@ fn entries(text: &str, with_gid: bool) -> impl Iterator<Item = Entry<'_>> {
 /// The first matching entry wins, as with `getpwnam`. A numeric GROUP is
 /// used as it is, like a numeric user.
 pub fn resolve(spec: &UserSpec, passwd: Option<&str>, group: Option<&str>) -> Result<Ids, String> {
+    resolve_ids(spec, passwd, group).map_err(|e| printable(&e))
+}
+
+fn resolve_ids(spec: &UserSpec, passwd: Option<&str>, group: Option<&str>) -> Result<Ids, String> {
     let (uid, user_gid) = match parse_id(&spec.user) {
         Some(uid) => {
             let entry = passwd.and_then(|text| entries(text, true).find(|e| e.id == uid));
@@ -253,7 +263,7 @@ staff:x:51:
             ),
             (
                 "a:b\tc",
-                "'a:b\tc' is not a user: the group 'b\tc' holds a blank or control character"
+                "'a:b\\tc' is not a user: the group 'b\\tc' holds a blank or control character"
                     .into(),
             ),
             (
@@ -350,6 +360,11 @@ staff:x:51:
             id(1, 50)
         );
         assert_eq!(ids("1:root", None, Some("root:x:0:\r\n")), id(1, 0));
+        // Leading zeros are the same number (found by fuzzing the property, not the code).
+        assert_eq!(
+            ids("www:grp", Some("www:x:05:033::/:\n"), Some("grp:x:007:\n")),
+            id(5, 7)
+        );
         assert_eq!(ids("svc", Some("svc:x:5:6\r\n"), None), id(5, 6)); // CRLF: the gid is the 4th field
     }
 }
