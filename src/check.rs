@@ -38,8 +38,8 @@ pub enum Check {
         host: String,
         path: String,
     },
-    /// The path exists. Never empty, never holds a NUL byte; relative
-    /// paths are relative to sidecar-init's working directory.
+    /// The path exists. Never empty, never holds a NUL byte; may be
+    /// relative.
     File(PathBuf),
     /// The command (split like a Procfile command: procfile::split_words) exits 0.
     /// At least one word; no word holds a NUL byte.
