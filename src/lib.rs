@@ -6,9 +6,11 @@
 //! I/O and are unit-tested and fuzzed. [`runtime`] is the one event loop
 //! that turns their decisions into syscalls, and [`output`] owns stdout.
 
+pub mod check;
 pub mod config;
 pub mod exit;
 pub mod frame;
+pub mod grammar;
 pub mod lines;
 pub mod notify;
 pub mod output;
@@ -18,3 +20,4 @@ pub mod procfile;
 pub mod props;
 pub mod runtime;
 pub mod supervisor;
+pub mod users;

@@ -98,10 +98,7 @@ pub fn parse(text: &[u8]) -> Result<Vec<DaemonSpec>, ParseError> {
             });
         }
     };
-    let mut lexer = Lexer {
-        rest: text.as_bytes(),
-        line: 1,
-    };
+    let mut lexer = Lexer::new(text);
     let mut table: Vec<DaemonSpec> = Vec::new();
     while let Some(entry_line) = lexer.next_entry() {
         let name = lexer.name()?;
@@ -120,10 +117,7 @@ pub fn parse(text: &[u8]) -> Result<Vec<DaemonSpec>, ParseError> {
 /// Splits one command line (as given to `--notify`) into words by the
 /// Procfile's rules: quotes and backslashes, no expansion, no shell.
 pub fn split_words(text: &str) -> Result<Vec<String>, String> {
-    let mut lexer = Lexer {
-        rest: text.as_bytes(),
-        line: 1,
-    };
+    let mut lexer = Lexer::new(text);
     let words = lexer.words().map_err(|e| e.problem)?;
     if lexer.next_entry().is_some() {
         return Err("a command must be a single line".into());
@@ -136,7 +130,8 @@ pub fn split_words(text: &str) -> Result<Vec<String>, String> {
 
 /// A cursor over the Procfile's bytes (valid UTF-8; all syntax is ASCII, so
 /// byte-wise scanning never splits a character that ends up in a word).
-struct Lexer<'a> {
+/// [`crate::grammar`] reads option items with its [`scan`](Lexer::scan).
+pub(crate) struct Lexer<'a> {
     rest: &'a [u8],
     /// The line `rest` starts on.
     line: usize,
@@ -242,16 +237,94 @@ impl Lexer<'_> {
         // past the text's last line: a NUL is reported on the line it starts on.
         let start = self.line;
         let mut word = Vec::new();
+        let quoted = self
+            .scan(
+                |b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'),
+                |b, _| word.push(b),
+            )
+            .map_err(|e| {
+                let problem = match e {
+                    QuoteError::SingleQuote { .. } => "unterminated single quote",
+                    QuoteError::DoubleQuote { .. } => "unterminated double quote",
+                    QuoteError::TrailingBackslash => "backslash at end of file",
+                };
+                let line = match e {
+                    QuoteError::SingleQuote { line } | QuoteError::DoubleQuote { line } => line,
+                    QuoteError::TrailingBackslash => self.line,
+                };
+                self.error_at(line, problem.into())
+            })?;
+        if word.contains(&0) {
+            return Err(self.error_at(start, "a word contains a NUL byte".into()));
+        }
+        if word.is_empty() && !quoted {
+            return Ok(None);
+        }
+        // The input is valid UTF-8 and only ASCII bytes were removed.
+        Ok(Some(
+            String::from_utf8(word).expect("words of UTF-8 text are UTF-8"),
+        ))
+    }
+}
+
+/// Why quoted text could not be read (see [`Lexer::scan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QuoteError {
+    /// A `'` without its closing `'`; `line` is where it opened.
+    SingleQuote { line: usize },
+    /// A `"` without its closing `"`; `line` is where it opened.
+    DoubleQuote { line: usize },
+    /// A `\` outside quotes as the text's last byte: nothing to escape.
+    TrailingBackslash,
+}
+
+impl<'a> Lexer<'a> {
+    /// A lexer at the start of `text`, on line 1.
+    pub(crate) fn new(text: &'a str) -> Self {
+        Lexer {
+            rest: text.as_bytes(),
+            line: 1,
+        }
+    }
+
+    /// How many bytes are left to read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
+    /// Reads past one byte (a separator `scan` stopped at).
+    pub(crate) fn skip_byte(&mut self) {
+        self.bump();
+    }
+
+    /// The quoting rules, shared by Procfile words and option items: reads
+    /// up to the first byte outside quotes for which `stop` is true (left
+    /// unread) or to the end, and hands each byte of the text with quotes,
+    /// backslash escapes and continuations removed to `push`, with whether
+    /// quotes or a backslash protected it. Returns whether a quote was seen
+    /// (so `''` is an empty word, not no word).
+    ///
+    /// Outside quotes a backslash escapes the next byte and a
+    /// backslash-newline disappears. Inside single quotes every byte is
+    /// literal. Inside double quotes a backslash escapes only `"`, `\`, `$`,
+    /// `` ` `` and a newline (a continuation); before anything else it is
+    /// literal. Only ASCII bytes are ever removed, so the bytes pushed from
+    /// valid UTF-8 are valid UTF-8.
+    pub(crate) fn scan(
+        &mut self,
+        stop: impl Fn(u8) -> bool,
+        mut push: impl FnMut(u8, bool),
+    ) -> Result<bool, QuoteError> {
         let mut quoted = false;
         while let Some(b) = self.peek() {
             match b {
-                b' ' | b'\t' | b'\r' | b'\n' => break,
+                _ if stop(b) => break,
                 b'\\' => {
                     self.bump();
                     match self.bump() {
                         Some(b'\n') => {} // line continuation
-                        Some(c) => word.push(c),
-                        None => return Err(self.error("backslash at end of file")),
+                        Some(c) => push(c, true),
+                        None => return Err(QuoteError::TrailingBackslash),
                     }
                 }
                 b'\'' => {
@@ -261,10 +334,8 @@ impl Lexer<'_> {
                     loop {
                         match self.bump() {
                             Some(b'\'') => break,
-                            Some(c) => word.push(c),
-                            None => {
-                                return Err(self.error_at(line, "unterminated single quote".into()));
-                            }
+                            Some(c) => push(c, true),
+                            None => return Err(QuoteError::SingleQuote { line }),
                         }
                     }
                 }
@@ -281,33 +352,22 @@ impl Lexer<'_> {
                                 }
                                 Some(c @ (b'"' | b'\\' | b'$' | b'`')) => {
                                     self.bump();
-                                    word.push(c);
+                                    push(c, true);
                                 }
-                                _ => word.push(b'\\'),
+                                _ => push(b'\\', true),
                             },
-                            Some(c) => word.push(c),
-                            None => {
-                                return Err(self.error_at(line, "unterminated double quote".into()));
-                            }
+                            Some(c) => push(c, true),
+                            None => return Err(QuoteError::DoubleQuote { line }),
                         }
                     }
                 }
                 _ => {
                     self.bump();
-                    word.push(b);
+                    push(b, false);
                 }
             }
         }
-        if word.contains(&0) {
-            return Err(self.error_at(start, "a word contains a NUL byte".into()));
-        }
-        if word.is_empty() && !quoted {
-            return Ok(None);
-        }
-        // The input is valid UTF-8 and every split point is an ASCII byte.
-        Ok(Some(
-            String::from_utf8(word).expect("words of UTF-8 text are UTF-8"),
-        ))
+        Ok(quoted)
     }
 }
 
@@ -334,6 +394,12 @@ pub fn quote(word: &str) -> String {
     if !word.is_empty() && word.chars().all(plain) {
         return word.to_string();
     }
+    single_quote(word)
+}
+
+/// `word` in single quotes, with `'` written as `'\''`: read back as
+/// `word` whatever it holds.
+pub(crate) fn single_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 

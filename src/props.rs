@@ -646,6 +646,472 @@ pub fn check_procfile(data: &[u8]) {
     check_parses_to(&noisy, &table, "noisy");
 }
 
+// ---- Per-daemon options: grammar, check, users (fuzz target `options`) ----
+
+use std::time::Duration;
+
+use crate::check::Check;
+use crate::grammar::{self, Item};
+use crate::users;
+
+/// The option grammar's and its values' properties, for any bytes.
+///
+/// Input layout: up to four parts separated by 0xFF bytes (which UTF-8
+/// never holds): option text, `/etc/passwd` text, `/etc/group` text (each
+/// read lossily as UTF-8; a missing part is a missing file), then a recipe
+/// from which items, durations and signals are generated.
+///
+/// The option text goes through `grammar::items` and `grammar::names`, and
+/// it and every item's value through every value parser: errors are one
+/// line; accepted items have valid names, values without NUL and survive
+/// `render`; text without quotes or backslashes splits as a plain model
+/// says; durations are at most a day and exact; signals are 1 to 64; checks
+/// keep their invariants and survive `Display`; users survive `Display`
+/// and resolve without panicking, numeric ids as themselves. Generated
+/// items survive `render` and a noisy equivalent text (blanks, empty items,
+/// mixed quoting, continuations); generated Go-style durations parse to
+/// their exact value or fail as more than a day; signal names parse in any
+/// case, with or without `SIG`.
+pub fn check_options(data: &[u8]) {
+    let mut parts = data.splitn(4, |&b| b == 0xFF);
+    let text = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let passwd = parts.next().map(String::from_utf8_lossy);
+    let group = parts.next().map(String::from_utf8_lossy);
+    let recipe = parts.next().unwrap_or_default();
+
+    let mut values = vec![text.to_string()];
+    if let Some(list) = check_items_text(&text) {
+        values.extend(list.into_iter().map(|item| item.value));
+    }
+    for value in &values {
+        check_value(value, passwd.as_deref(), group.as_deref());
+    }
+
+    let mut src = Source::new(recipe);
+    let list = gen_items(&mut src);
+    check_items_parse_to(&grammar::render(&list), &list, "rendered");
+    let noisy = render_items_noisy(&mut src, &list);
+    check_items_parse_to(&noisy, &list, "noisy");
+    check_gen_duration(&mut src);
+    check_gen_signal(&mut src);
+}
+
+/// `items` must give `list` for `text`.
+fn check_items_parse_to(text: &str, list: &[Item], how: &str) {
+    match grammar::items(text) {
+        Ok(got) => assert_eq!(got, list, "{how} text {text:?} gives other items"),
+        Err(e) => panic!("{how} text {text:?} of {list:?} does not parse: {e}"),
+    }
+}
+
+/// An error message: not empty, one line, no control character.
+fn check_message(e: &str, what: &str, text: &str) {
+    assert!(!e.is_empty(), "{what} of {text:?}: an empty error");
+    assert!(
+        !e.chars().any(char::is_control),
+        "{what} of {text:?}: the error {e:?} holds a control character"
+    );
+}
+
+/// What `items` must give for text without quotes or backslashes:
+/// split at commas, trim, skip empty items, a name before the first `=`
+/// when it is a valid one; `None` for text the model does not cover.
+fn model_items(text: &str) -> Option<Vec<Item>> {
+    if text.contains(['\'', '"', '\\', '\0']) {
+        return None;
+    }
+    let trim = |s: &str| s.trim_matches([' ', '\t', '\r', '\n']).to_string();
+    let items = text
+        .split(',')
+        .map(trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((name, value)) if procfile::is_valid_name(&trim(name)) => Item {
+                name: Some(trim(name)),
+                value: trim(value),
+            },
+            _ => Item {
+                name: None,
+                value: item,
+            },
+        })
+        .collect();
+    Some(items)
+}
+
+/// `items` and `names` of arbitrary text; returns the items when accepted.
+fn check_items_text(text: &str) -> Option<Vec<Item>> {
+    let names = grammar::names(text);
+    match &names {
+        Ok(names) => {
+            for (i, n) in names.iter().enumerate() {
+                assert!(procfile::is_valid_name(n), "names of {text:?}: {n:?}");
+                assert!(!names[..i].contains(n), "names of {text:?}: {n:?} twice");
+            }
+        }
+        Err(e) => check_message(e, "names", text),
+    }
+    let list = match grammar::items(text) {
+        Ok(list) => list,
+        Err(e) => {
+            check_message(&e, "items", text);
+            assert!(
+                names.is_err(),
+                "names accepts {text:?}, which items rejects"
+            );
+            if let Some(model) = model_items(text) {
+                panic!("items rejects {text:?} ({e}); the model gives {model:?}");
+            }
+            return None;
+        }
+    };
+    for item in &list {
+        if let Some(name) = &item.name {
+            assert!(
+                procfile::is_valid_name(name),
+                "items of {text:?}: name {name:?}"
+            );
+        }
+        assert!(
+            !item.value.contains('\0'),
+            "items of {text:?}: NUL in {item:?}"
+        );
+    }
+    if let Some(model) = model_items(text) {
+        assert_eq!(list, model, "items of plain text {text:?}");
+    }
+    if let Ok(names) = &names {
+        let bare: Vec<&String> = list.iter().map(|i| &i.value).collect();
+        assert!(
+            names.iter().all(|n| bare.contains(&n)) && bare.iter().all(|v| names.contains(v)),
+            "names {names:?} of {text:?} are not its items {list:?}"
+        );
+    }
+    check_items_parse_to(&grammar::render(&list), &list, "rendered");
+    Some(list)
+}
+
+/// The value parsers on one value.
+fn check_value(value: &str, passwd: Option<&str>, group: Option<&str>) {
+    match grammar::parse_duration(value) {
+        Ok(d) => {
+            assert!(d <= Duration::from_secs(86_400), "{value:?} is {d:?}");
+            let exact = format!("{}.{:09}", d.as_secs(), d.subsec_nanos());
+            assert_eq!(
+                grammar::parse_duration(&exact),
+                Ok(d),
+                "{value:?} as {exact}"
+            );
+            let ns = format!("{}ns", d.as_nanos());
+            assert_eq!(grammar::parse_duration(&ns), Ok(d), "{value:?} as {ns}");
+        }
+        Err(e) => check_message(&e, "parse_duration", value),
+    }
+    match grammar::parse_signal(value) {
+        Ok(n) => {
+            assert!((1..=64).contains(&n), "{value:?} is signal {n}");
+            assert_eq!(grammar::parse_signal(&n.to_string()), Ok(n));
+        }
+        Err(e) => check_message(&e, "parse_signal", value),
+    }
+    match Check::parse(value) {
+        Ok(c) => check_check(&c, value),
+        Err(e) => check_message(&e, "Check::parse", value),
+    }
+    match users::parse_user(value) {
+        Ok(spec) => check_user(&spec, value, passwd, group),
+        Err(e) => check_message(&e, "parse_user", value),
+    }
+}
+
+/// The invariants of a check `Check::parse` accepted from `text`.
+fn check_check(c: &Check, text: &str) {
+    let shown = c.to_string();
+    assert_eq!(
+        Check::parse(&shown),
+        Ok(c.clone()),
+        "{text:?} shown as {shown:?}"
+    );
+    match c {
+        Check::Tcp(addr) => assert_ne!(addr.port(), 0, "{text:?}"),
+        Check::Http { addr, host, path } => {
+            assert_ne!(addr.port(), 0, "{text:?}");
+            assert!(!host.is_empty(), "{text:?}");
+            assert!(path.starts_with('/'), "{text:?}: path {path:?}");
+            assert!(
+                !path.chars().any(|c| c.is_whitespace() || c.is_control()),
+                "{text:?}: path {path:?}"
+            );
+        }
+        Check::File(path) => {
+            assert!(!path.as_os_str().is_empty(), "{text:?}");
+        }
+        Check::Exec(argv) => {
+            assert!(!argv.is_empty(), "{text:?}");
+            assert!(argv.iter().all(|w| !w.contains('\0')), "{text:?}");
+        }
+        Check::Line(line) => assert!(!line.is_empty() && !line.contains('\n'), "{text:?}"),
+        Check::Notify => {}
+    }
+    let polled = !matches!(c, Check::Line(_) | Check::Notify);
+    assert_eq!(c.is_polled(), polled, "{text:?}");
+}
+
+/// The invariants of a user spec `parse_user` accepted from `text`, and of
+/// its resolution.
+fn check_user(spec: &users::UserSpec, text: &str, passwd: Option<&str>, group: Option<&str>) {
+    let shown = spec.to_string();
+    assert_eq!(
+        users::parse_user(&shown),
+        Ok(spec.clone()),
+        "{text:?} shown as {shown:?}"
+    );
+    let numeric = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u32>())
+    };
+    for (p, g) in [(passwd, group), (None, None), (passwd, None), (None, group)] {
+        match users::resolve(spec, p, g) {
+            Ok(ids) => {
+                assert_ne!(ids.uid, u32::MAX, "{text:?}");
+                assert_ne!(ids.gid, u32::MAX, "{text:?}");
+                if let Some(uid) = numeric(&spec.user) {
+                    assert_eq!(Ok(ids.uid), uid, "{text:?}");
+                } else {
+                    let entry = p.unwrap_or_default().lines().any(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        f.len() >= 4 && f[0] == spec.user && f[2].parse() == Ok(ids.uid)
+                    });
+                    assert!(entry, "{text:?} resolved to {ids:?} without a passwd line");
+                }
+                match spec.group.as_deref().map(|g| (g, numeric(g))) {
+                    Some((_, Some(gid))) => assert_eq!(Ok(ids.gid), gid, "{text:?}"),
+                    Some((name, None)) => {
+                        let entry = g.unwrap_or_default().lines().any(|l| {
+                            let f: Vec<&str> = l.split(':').collect();
+                            f.len() >= 3 && f[0] == name && f[2].parse() == Ok(ids.gid)
+                        });
+                        assert!(entry, "{text:?} resolved to {ids:?} without a group line");
+                    }
+                    None => {}
+                }
+            }
+            Err(e) => {
+                check_message(&e, "resolve", text);
+                let all_numeric = numeric(&spec.user).is_some()
+                    && spec.group.as_deref().is_none_or(|g| numeric(g).is_some());
+                assert!(
+                    !all_numeric,
+                    "{text:?} is numeric yet does not resolve: {e}"
+                );
+            }
+        }
+    }
+}
+
+/// Characters for item values: the option syntax's own (comma, `=`,
+/// quotes, backslash, blanks) and some plain ones.
+const VALUE_CHARS: &[char] = &[
+    ',', '=', '\'', '"', '\\', ' ', '\t', '\r', '\n', '#', '$', '`', ':', '/', 'a', 'Z', '0', '-',
+    '_', '.', 'é', '😀', '\u{1}', '\u{7f}', '?',
+];
+
+fn gen_value_char(src: &mut Source<'_>) -> char {
+    match src.below(3) {
+        0 => gen_char(src),
+        _ => VALUE_CHARS[src.below(VALUE_CHARS.len())],
+    }
+}
+
+/// 0..=5 items: a name (valid) or none, and a value of 0..=9 characters
+/// (no NUL); now and then a value that reads as `NAME=VALUE` when bare.
+fn gen_items(src: &mut Source<'_>) -> Vec<Item> {
+    (0..src.below(6))
+        .map(|_| {
+            let name = (src.below(2) == 0).then(|| gen_name(src, 6));
+            let mut value: String = (0..src.below(10)).map(|_| gen_value_char(src)).collect();
+            if src.below(6) == 0 {
+                value = format!("{}={value}", gen_name(src, 4));
+            }
+            Item { name, value }
+        })
+        .collect()
+}
+
+/// Whether `c` may stand unquoted in a value of a noisy rendering (for a
+/// bare value, `=` is protected too).
+fn is_item_bare(c: char, bare: bool) -> bool {
+    match c {
+        ',' | '\'' | '"' | '\\' | ' ' | '\t' | '\r' | '\n' => false,
+        '=' => !bare,
+        _ => true,
+    }
+}
+
+/// `value` written in one of several equivalent ways, chosen by the input:
+/// runs of characters bare (where safe) or backslash-escaped, in single or
+/// double quotes, with continuations between and inside them.
+fn encode_item_value(src: &mut Source<'_>, value: &str, bare: bool) -> String {
+    if value.is_empty() {
+        return match src.below(3) {
+            0 if !bare => String::new(),
+            1 => "\"\"".into(),
+            _ => "''".into(),
+        };
+    }
+    let escaped = |out: &mut String, c: char| {
+        if c == '\n' {
+            out.push_str("\"\n\"");
+        } else if is_item_bare(c, bare) {
+            out.push(c);
+        } else {
+            out.push('\\');
+            out.push(c);
+        }
+    };
+    let chars: Vec<char> = value.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let run = &chars[i..(i + 1 + src.below(4)).min(chars.len())];
+        i += run.len();
+        match src.below(5) {
+            0 if !run.contains(&'\'') => {
+                out.push('\'');
+                out.extend(run);
+                out.push('\'');
+            }
+            1 => {
+                out.push('"');
+                for &c in run {
+                    if matches!(c, '"' | '\\' | '$' | '`') {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                    if src.below(8) == 0 {
+                        out.push_str("\\\n");
+                    }
+                }
+                out.push('"');
+            }
+            2 if !out.is_empty() => {
+                out.push_str("\\\n");
+                run.iter().for_each(|&c| escaped(&mut out, c));
+            }
+            _ => run.iter().for_each(|&c| escaped(&mut out, c)),
+        }
+    }
+    out
+}
+
+/// A run of 0..=2 unquoted blanks, newlines included.
+fn item_blanks(src: &mut Source<'_>) -> String {
+    (0..src.below(3))
+        .map(|_| [' ', '\t', '\r', '\n'][src.below(4)])
+        .collect()
+}
+
+/// `list` written with blanks around items, names and values, empty items
+/// between them, names now and then in quotes, and values encoded by
+/// `encode_item_value`.
+fn render_items_noisy(src: &mut Source<'_>, list: &[Item]) -> String {
+    let mut out = String::new();
+    for item in list {
+        for _ in 0..src.below(3) {
+            out.push_str(&item_blanks(src));
+            out.push(',');
+        }
+        out.push_str(&item_blanks(src));
+        if let Some(name) = &item.name {
+            if src.below(4) == 0 {
+                out.push_str(&format!("'{name}'"));
+            } else {
+                out.push_str(name);
+            }
+            out.push_str(&item_blanks(src));
+            out.push('=');
+            out.push_str(&item_blanks(src));
+        }
+        out.push_str(&encode_item_value(src, &item.value, item.name.is_none()));
+        out.push_str(&item_blanks(src));
+        out.push(',');
+    }
+    if src.below(2) == 0 {
+        out.pop(); // no comma after the last item
+    }
+    out
+}
+
+/// A Go-style duration drawn from the input: 1..=4 components, units from
+/// hours to nanoseconds, up to 3 decimals where that stays exact; it must
+/// parse to its exact value, or fail as more than a day.
+fn check_gen_duration(src: &mut Source<'_>) {
+    const UNITS: &[(&str, u128)] = &[
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("µs", 1_000),
+        ("μs", 1_000),
+        ("ns", 1),
+    ];
+    let mut text = String::new();
+    let mut nanos: u128 = 0;
+    for _ in 0..1 + src.below(4) {
+        let (unit, scale) = UNITS[src.below(UNITS.len())];
+        let whole = u128::from(src.byte()) * u128::from(src.byte() % 4 + 1);
+        let decimals = if scale >= 1_000 { src.below(4) } else { 0 };
+        let frac = src.below(1000) as u128 % 10u128.pow(decimals as u32);
+        text.push_str(&whole.to_string());
+        if decimals > 0 {
+            text.push_str(&format!(".{frac:0width$}", width = decimals));
+        }
+        text.push_str(unit);
+        nanos += whole * scale + frac * scale / 10u128.pow(decimals as u32);
+    }
+    match grammar::parse_duration(&text) {
+        Ok(d) => assert_eq!(d.as_nanos(), nanos, "{text}"),
+        Err(e) => {
+            assert!(nanos > 86_400_000_000_000, "{text} ({nanos} ns): {e}");
+            assert_eq!(e, format!("'{text}' is more than a day"));
+        }
+    }
+}
+
+/// A signal name, number or real-time form drawn from the input, in any
+/// case, with or without `SIG`; it must parse to a number in 1..=64 that
+/// its number parses to as well.
+fn check_gen_signal(src: &mut Source<'_>) {
+    const NAMES: &[&str] = &[
+        "HUP", "INT", "QUIT", "TERM", "KILL", "USR1", "USR2", "WINCH", "CHLD", "STKFLT", "PWR",
+        "SYS", "IOT", "POLL", "RTMIN", "RTMAX",
+    ];
+    let mut name = match src.below(4) {
+        0 => (1 + src.below(64)).to_string(),
+        1 => format!("RTMIN+{}", src.below(30)),
+        2 => format!("RTMAX-{}", src.below(30)),
+        _ => NAMES[src.below(NAMES.len())].to_string(),
+    };
+    if src.below(2) == 0 && !name.starts_with(|c: char| c.is_ascii_digit()) {
+        name = format!("SIG{name}");
+    }
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if src.below(2) == 0 {
+                c.to_ascii_lowercase()
+            } else {
+                c
+            }
+        })
+        .collect();
+    let n = grammar::parse_signal(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!((1..=64).contains(&n), "{name} is {n}");
+    assert_eq!(grammar::parse_signal(&n.to_string()), Ok(n), "{name}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,3 +69,8 @@ fn framing_corpus() {
 fn procfile_corpus() {
     replay("procfile", props::check_procfile);
 }
+
+#[test]
+fn options_corpus() {
+    replay("options", props::check_options);
+}
