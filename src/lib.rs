@@ -5,13 +5,16 @@
 //! ([`config`]) and the supervisor's state machine ([`supervisor`]) — do no
 //! I/O and are unit-tested and fuzzed. [`runtime`] is the one event loop
 //! that turns their decisions into syscalls, and [`output`] owns stdout.
+//! [`probe`] runs socket and file checks on that loop without blocking it.
 
+pub mod check;
 pub mod config;
 pub mod exit;
 pub mod frame;
 pub mod lines;
 pub mod notify;
 pub mod output;
+pub mod probe;
 pub mod procfile;
 #[doc(hidden)]
 pub mod props;
