@@ -5,6 +5,7 @@
 //! ([`config`]) and the supervisor's state machine ([`supervisor`]) — do no
 //! I/O and are unit-tested and fuzzed. [`runtime`] is the one event loop
 //! that turns their decisions into syscalls, and [`output`] owns stdout.
+//! [`probe`] runs socket and file checks on that loop without blocking it.
 
 pub mod check;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod lines;
 pub mod notify;
 pub mod output;
 pub mod plan;
+pub mod probe;
 pub mod procfile;
 #[doc(hidden)]
 pub mod props;
