@@ -7,6 +7,7 @@
 //! that turns their decisions into syscalls, and [`output`] owns stdout.
 
 pub mod config;
+pub mod control;
 pub mod exit;
 pub mod frame;
 pub mod lines;
