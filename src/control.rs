@@ -812,10 +812,8 @@ impl Server {
         // More may be pending: re-arming an edge-triggered registration
         // reports the listener again if it is still readable.
         if let Err(e) = registry.reregister(&mut self.listener, listener, Interest::READABLE) {
-            warn!(
-                "control socket {}: re-arm the listener: {e}",
-                self.path.display()
-            );
+            self.complaints.accept_failed += 1;
+            self.complaints.last_accept_error = format!("re-arm the listener: {e}");
         }
     }
 
@@ -863,10 +861,8 @@ impl Server {
             Token(base + slot),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            warn!(
-                "control socket {}: register a connection: {e}",
-                self.path.display()
-            );
+            self.complaints.accept_failed += 1;
+            self.complaints.last_accept_error = format!("register a connection: {e}");
             return;
         }
         let id = self.next_id;
@@ -1307,7 +1303,7 @@ fn client_run(
     if bytes.is_empty() {
         let _ = writeln!(
             err,
-            "sidecar-init: the supervisor on {} closed the connection without an answer (refused: only root and the supervisor's uid may use it)",
+            "sidecar-init: the supervisor on {} closed the connection without an answer (too many clients at once?)",
             path.display()
         );
         return 1;
@@ -3277,7 +3273,7 @@ mod tests {
         assert_eq!(ran.code, 1);
         assert!(
             ran.err
-                .contains("closed the connection without an answer (refused"),
+                .contains("closed the connection without an answer (too many clients"),
             "{}",
             ran.err
         );
@@ -3371,6 +3367,53 @@ mod tests {
         );
         assert_eq!((ran.code, ran.out.as_str()), (0, "healthy\n"));
         join(server);
+    }
+
+    #[test]
+    fn the_client_does_not_trust_a_socket_served_by_another_uid() {
+        let python = Path::new("/usr/bin/python3");
+        if !nix::unistd::geteuid().is_root() || !python.exists() {
+            eprintln!(
+                "SKIPPED the_client_does_not_trust_a_socket_served_by_another_uid: needs root and /usr/bin/python3"
+            );
+            return;
+        }
+        let dir = TempDir::new();
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let script = "import socket,sys\n\
+                      s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); s.settimeout(5)\n\
+                      print('ready', flush=True)\n\
+                      c,_=s.accept(); c.settimeout(5)\n\
+                      try: c.sendall(b'ok\\n')\n\
+                      except OSError: pass\n";
+        let mut squatter = match Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(python)
+            .args(["-c", script])
+            .arg(dir.sock())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                eprintln!("SKIPPED the_client_does_not_trust...: setpriv: {e}");
+                return;
+            }
+        };
+        let mut ready = [0u8; 6];
+        let got = squatter.stdout.as_mut().unwrap().read_exact(&mut ready);
+        let ran = got.map(|()| run_client(&["health"], &[dir.sock()], Duration::from_secs(5)));
+        let _ = squatter.kill();
+        let _ = squatter.wait();
+        let ran = ran.expect("the squatter did not start");
+        assert_eq!(ran.code, NO_SUPERVISOR, "{}", ran.err);
+        assert_eq!(ran.out, "", "its answer is not printed");
+        assert!(
+            ran.err
+                .contains("(served by uid 65534, neither root nor ours: not trusted)"),
+            "{}",
+            ran.err
+        );
     }
 
     #[test]
