@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod exit;
 pub mod frame;
 pub mod grammar;
