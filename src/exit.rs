@@ -44,6 +44,19 @@ impl Ending {
     }
 }
 
+impl Ending {
+    /// How it ended, in words: `exit status 1`, `killed by SIGTERM`.
+    pub fn how(self) -> String {
+        match self {
+            Ending::Exited(status) => format!("exit status {status}"),
+            Ending::Signaled(sig) => format!("killed by {}", signal_name(sig)),
+            Ending::NotStarted(NOT_FOUND) => "command not found".into(),
+            Ending::NotStarted(NO_RESOURCES) => "could not be started".into(),
+            Ending::NotStarted(_) => "command not executable".into(),
+        }
+    }
+}
+
 impl fmt::Display for Ending {
     /// The detail that follows the code in an exit line, if any.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

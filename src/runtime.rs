@@ -12,9 +12,11 @@
 //! [`Runtime::reap`] and has its pipe (if any) read in the same rounds, in
 //! the pipe slot [`slot`] gives it.
 
+use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -28,17 +30,33 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 
+use crate::check::Check;
+use crate::control::{self, Response, Server, UnitStatus};
 use crate::exit::{self, Ending};
 use crate::frame::{self, Prefix};
+use crate::grammar;
 use crate::lines::LineSplitter;
 use crate::output::{self, Output};
 use crate::plan::Unit;
-use crate::supervisor::{self, Action, ChildId, Purpose, Supervisor, Timing};
+use crate::probe::{Outcome, Prober};
+use crate::supervisor::{self, Action, ChildId, Command as Cmd, Purpose, Supervisor, Timing};
 
 const SIGNALS: Token = Token(0);
 const STDOUT: Token = Token(1);
+/// The sd_notify socket.
+const NOTIFY_SOCKET: Token = Token(2);
+/// The control socket's listener.
+const CONTROL: Token = Token(3);
 /// Pipe slot `s` is token `FIRST_PIPE + s`.
-const FIRST_PIPE: usize = 2;
+const FIRST_PIPE: usize = 4;
+/// Control connections' tokens start here (far above any pipe slot).
+const CONTROL_CONNS: usize = 1 << 40;
+/// Socket checks' tokens start here.
+const CHECKS: usize = 1 << 41;
+
+/// Where the control socket goes when `--control` does not say: the first
+/// place it can be created.
+pub const DEFAULT_SOCKETS: [&str; 2] = ["/run/sidecar-init.sock", "/tmp/sidecar-init.sock"];
 
 /// Largest single read from a pipe: a full pipe of the largest size
 /// `pipe_size` picks.
@@ -65,6 +83,9 @@ pub struct Settings {
     pub line_max: usize,
     /// The operator's notify command, if any.
     pub notify: Option<Vec<String>>,
+    /// Where to create the control socket (the first place that works), or
+    /// `None` for none.
+    pub control: Option<Vec<PathBuf>>,
 }
 
 /// SIGINTs received, counted by a handler of our own: signal-hook's
@@ -148,6 +169,58 @@ struct Pipe {
     /// Bytes still in the pipe that were there when its process was
     /// reaped: owed to the log before its exit line.
     owed: Option<usize>,
+    /// A `line:` readiness text looked for in what it writes.
+    watch: Option<LineWatch>,
+}
+
+/// Looks for a text in a stream, within lines, across reads.
+struct LineWatch {
+    needle: Vec<u8>,
+    /// The end of the current line as far as read (at most the needle's
+    /// length minus one bytes): a match may start there.
+    tail: Vec<u8>,
+}
+
+impl LineWatch {
+    fn new(text: &str) -> LineWatch {
+        LineWatch {
+            needle: text.as_bytes().to_vec(),
+            tail: Vec::new(),
+        }
+    }
+
+    /// Whether the needle shows in a line that `chunk` (the next bytes of
+    /// the stream) ends or continues. The needle holds no newline, so a
+    /// match never spans two lines.
+    fn found(&mut self, chunk: &[u8]) -> bool {
+        let n = self.needle.len();
+        if n == 0 || memchr::memmem::find(chunk, &self.needle).is_some() {
+            return true;
+        }
+        // A match that starts in the tail and ends in this chunk.
+        let head = &chunk[..chunk.len().min(n - 1)];
+        let head = match memchr::memchr(b'\n', head) {
+            Some(i) => &head[..i],
+            None => head,
+        };
+        if !self.tail.is_empty() {
+            let mut joined = self.tail.clone();
+            joined.extend_from_slice(head);
+            if memchr::memmem::find(&joined, &self.needle).is_some() {
+                return true;
+            }
+        }
+        // The new tail: the end of the last line of `tail + chunk`.
+        match memchr::memrchr(b'\n', chunk) {
+            Some(i) => self.tail = chunk[i + 1..].to_vec(),
+            None => self.tail.extend_from_slice(chunk),
+        }
+        let keep = n - 1;
+        if self.tail.len() > keep {
+            self.tail.drain(..self.tail.len() - keep);
+        }
+        false
+    }
 }
 
 /// `read_buf[start..end]`: bytes from pipe `slot` still to be framed.
@@ -182,6 +255,28 @@ struct Runtime {
     inherited: Inherited,
     /// sidecar-init is PID 1 of its namespace.
     pid1: bool,
+    /// Socket and file checks in flight.
+    prober: Prober,
+    /// The sd_notify socket, if some unit's readiness is `notify`, and the
+    /// `NOTIFY_SOCKET` value that names it.
+    notify_socket: Option<(mio::net::UnixDatagram, String)>,
+    /// The control socket, if it could be created.
+    control: Option<Server>,
+    /// The main program was made the terminal's foreground group.
+    gave_terminal: bool,
+    /// Check commands' output is logged (at debug level only).
+    log_checks: bool,
+}
+
+/// Where a child's stdout and stderr go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Out {
+    /// A new pipe, read in the child's slot.
+    Pipe,
+    /// /dev/null.
+    Null,
+    /// sidecar-init's own (the main program's).
+    Inherit,
 }
 
 /// The pipe slot of a child: units first, then their check commands, then
@@ -247,6 +342,25 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
             .map(|u| Prefix::new(format!("[{} check] ", u.spec.name).as_bytes())),
     );
     prefixes.push(Prefix::new(NOTIFY_PREFIX));
+    let notify_socket = if units.iter().any(|u| u.ready == Some(Check::Notify)) {
+        match open_notify_socket() {
+            Ok((mut sock, name)) => {
+                poll.registry()
+                    .register(&mut sock, NOTIFY_SOCKET, Interest::READABLE)?;
+                Some((sock, name))
+            }
+            Err(e) => {
+                log::warn!("cannot create the notify socket: {}", describe(&e));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let control = settings
+        .control
+        .as_deref()
+        .and_then(|paths| open_control(paths, poll.registry()));
     let mut rt = Runtime {
         poll,
         signals,
@@ -263,16 +377,66 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         null: open_null(),
         inherited,
         pid1,
+        prober: Prober::new(CHECKS),
+        notify_socket,
+        control,
+        gave_terminal: false,
+        log_checks: log::max_level() >= log::LevelFilter::Debug,
     };
     rt.sup.start(Instant::now());
     rt.apply();
     rt.run_loop()?;
 
     let code = rt.sup.exit_code();
+    if rt.gave_terminal {
+        take_terminal_back();
+    }
+    // The control socket's file goes with it.
+    rt.control = None;
     log::info!("exit {code}");
     rt.final_flush();
     rt.out.restore();
     Ok(code)
+}
+
+/// The first control socket that can be created, registered; a warning
+/// (one line) when none can.
+fn open_control(paths: &[PathBuf], registry: &mio::Registry) -> Option<Server> {
+    let mut errors = Vec::new();
+    for path in paths {
+        match Server::bind(path) {
+            Ok(mut server) => match server.register(registry, CONTROL, CONTROL_CONNS) {
+                Ok(()) => {
+                    log::debug!("control socket at {}", path.display());
+                    return Some(server);
+                }
+                Err(e) => errors.push(format!("{}: {}", path.display(), describe(&e))),
+            },
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    log::warn!(
+        "no control socket (status, health, stop... will not answer): {}",
+        errors.join("; ")
+    );
+    None
+}
+
+/// A datagram socket for sd_notify, in the abstract namespace (no file:
+/// it works on a read-only root), with the sender's credentials on every
+/// message; and its `NOTIFY_SOCKET` name.
+fn open_notify_socket() -> io::Result<(mio::net::UnixDatagram, String)> {
+    use std::os::linux::net::SocketAddrExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("sidecar-init/{}/{nanos:09}/notify", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+    sock.set_nonblocking(true)?;
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
+        .map_err(io::Error::from)?;
+    Ok((mio::net::UnixDatagram::from_std(sock), format!("@{name}")))
 }
 
 impl Runtime {
@@ -285,6 +449,9 @@ impl Runtime {
             }
             self.sup.tick(now);
             self.apply();
+            if let Some(c) = self.control.as_mut() {
+                c.tick(self.poll.registry(), now);
+            }
             if self.sup.finished() {
                 return Ok(());
             }
@@ -302,8 +469,12 @@ impl Runtime {
             let timeout = if self.has_work() {
                 Some(Duration::ZERO)
             } else {
+                let control = self.control.as_ref().and_then(Server::next_deadline);
                 self.sup
                     .next_deadline()
+                    .into_iter()
+                    .chain(control)
+                    .min()
                     .map(|d| d.saturating_duration_since(now))
             };
             match self.poll.poll(&mut events, timeout) {
@@ -312,10 +483,15 @@ impl Runtime {
                 Err(e) => return Err(io::Error::new(e.kind(), format!("epoll_wait: {e}"))),
             }
             let mut signalled = false;
+            let mut notified = false;
             for event in &events {
                 match event.token() {
                     SIGNALS => signalled = true,
                     STDOUT => self.out.set_writable(),
+                    NOTIFY_SOCKET => notified = true,
+                    CONTROL => self.control_event(CONTROL),
+                    Token(t) if t >= CHECKS => self.check_event(t),
+                    Token(t) if t >= CONTROL_CONNS => self.control_event(Token(t)),
                     Token(t) => {
                         if let Some(Some(p)) = self.pipes.get_mut(t - FIRST_PIPE) {
                             p.readable = true;
@@ -325,6 +501,9 @@ impl Runtime {
             }
             if signalled {
                 self.handle_signals();
+            }
+            if notified {
+                self.read_notifications();
             }
             self.read_round();
             self.out.flush();
@@ -349,8 +528,16 @@ impl Runtime {
             match action {
                 Action::Spawn(i) => self.spawn_unit(i),
                 Action::RunCheck(i, purpose) => self.run_check(i, purpose),
-                Action::CancelCheck(_) => {}
-                Action::WatchLine(_, _) => {}
+                Action::CancelCheck(i) => self.prober.cancel(self.poll.registry(), i),
+                Action::WatchLine(i, on) => {
+                    let text = match (&self.units[i].ready, on) {
+                        (Some(Check::Line(text)), true) => Some(text.clone()),
+                        _ => None,
+                    };
+                    if let Some(p) = self.pipes[i].as_mut() {
+                        p.watch = text.as_deref().map(LineWatch::new);
+                    }
+                }
                 Action::SpawnNotify(event, dropped) => {
                     let Some(argv) = self.notify_argv.clone() else {
                         continue;
@@ -361,7 +548,7 @@ impl Runtime {
                         .map(|(k, v)| (k.to_string(), v))
                         .collect();
                     log::debug!("notify: {} {}", event.kind, event.daemon);
-                    self.spawn_child(ChildId::Notify, &argv, &env, true);
+                    self.spawn_child(ChildId::Notify, &argv, &env, Out::Pipe);
                 }
                 Action::Signal { pgid, signal } => send(pgid, signal),
                 Action::AbandonPipe(id) => {
@@ -376,28 +563,183 @@ impl Runtime {
 
     fn spawn_unit(&mut self, i: usize) {
         let argv = self.units[i].argv.clone();
-        self.spawn_child(ChildId::Unit(i), &argv, &[], true);
+        let mut env = Vec::new();
+        if self.units[i].ready == Some(Check::Notify) {
+            if let Some((_, name)) = &self.notify_socket {
+                env.push(("NOTIFY_SOCKET".to_string(), name.clone()));
+            }
+        }
+        let out = match self.units[i].spec.kind {
+            supervisor::Kind::Main => Out::Inherit,
+            _ => Out::Pipe,
+        };
+        self.spawn_child(ChildId::Unit(i), &argv, &env, out);
     }
 
-    /// Runs unit `i`'s check: a command is a child like any other.
+    /// Runs unit `i`'s check for `purpose`: a command is a child like any
+    /// other; a socket or file check goes to the prober.
     fn run_check(&mut self, i: usize, purpose: Purpose) {
-        let _ = purpose;
-        let verdict = Err("checks are not supported yet".to_string());
-        self.sup.check_done(i, verdict, Instant::now());
+        let check = match purpose {
+            Purpose::Ready => self.units[i].ready.clone(),
+            Purpose::Live => self.units[i].live.clone(),
+        };
+        let Some(check) = check else { return };
+        if let Check::Exec(argv) = &check {
+            let out = if self.log_checks {
+                Out::Pipe
+            } else {
+                Out::Null
+            };
+            self.spawn_child(ChildId::Check(i), argv, &[], out);
+            return;
+        }
+        if let Outcome::Done(verdict) = self.prober.start(self.poll.registry(), i, &check) {
+            self.sup.check_done(i, verdict, Instant::now());
+        }
+    }
+
+    /// An event for a socket check.
+    fn check_event(&mut self, token: usize) {
+        let Some(i) = self.prober.id_of(Token(token)) else {
+            return;
+        };
+        if let Outcome::Done(verdict) =
+            self.prober
+                .ready(self.poll.registry(), i, true, true, false)
+        {
+            self.sup.check_done(i, verdict, Instant::now());
+            self.apply();
+        }
+    }
+
+    /// Reads every pending sd_notify datagram: a `READY=1` counts when its
+    /// sender (by the kernel's credentials) is in the process group of a
+    /// unit waiting for it; strangers are ignored.
+    fn read_notifications(&mut self) {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        let Some((sock, _)) = self.notify_socket.as_ref() else {
+            return;
+        };
+        let fd = sock.as_raw_fd();
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            let (len, pid) =
+                match recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+                    Ok(msg) => {
+                        let pid = msg.cmsgs().ok().and_then(|mut c| {
+                            c.find_map(|m| match m {
+                                ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                                _ => None,
+                            })
+                        });
+                        (msg.bytes, pid)
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::EAGAIN) => return,
+                    Err(e) => {
+                        log::warn!("notify socket: {}", e.desc());
+                        return;
+                    }
+                };
+            let ready = buf[..len].split(|&b| b == b'\n').any(|l| l == b"READY=1");
+            let Some(pid) = pid.filter(|&p| p > 0) else {
+                continue;
+            };
+            if !ready {
+                continue;
+            }
+            match nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
+                Ok(pgid) => match self.sup.notified(pgid.as_raw(), Instant::now()) {
+                    Some(name) => log::debug!("READY=1 from {name} (pid {pid})"),
+                    None => log::debug!("ignoring READY=1 from pid {pid}: no unit waits for it"),
+                },
+                Err(_) => {
+                    log::debug!("ignoring READY=1 from pid {pid}: gone before it was checked")
+                }
+            }
+            self.apply();
+        }
+    }
+
+    /// An event for the control socket or one of its connections: every
+    /// complete request is answered at once.
+    fn control_event(&mut self, token: Token) {
+        let now = Instant::now();
+        let Some(server) = self.control.as_mut() else {
+            return;
+        };
+        let requests = server.handle(self.poll.registry(), token, now);
+        for (conn, request) in requests {
+            let response = self.answer(&request, now);
+            self.apply();
+            if let Some(server) = self.control.as_mut() {
+                server.reply(self.poll.registry(), conn, &response, now);
+            }
+        }
+    }
+
+    /// The supervisor's answer to a control request.
+    fn answer(&mut self, request: &control::Request, now: Instant) -> Response {
+        use control::Request as R;
+        let done = |r: Result<String, String>| match r {
+            Ok(line) => Response::Done(line),
+            Err(why) => Response::Error(why),
+        };
+        match request {
+            R::Status => Response::Status(
+                self.sup
+                    .status(now)
+                    .into_iter()
+                    .map(|v| UnitStatus {
+                        name: v.name,
+                        kind: v.kind.as_str().to_string(),
+                        state: v.state.as_str().to_string(),
+                        pid: v.pid,
+                        uptime: v.uptime,
+                        restarts: v.restarts,
+                        code: v.code,
+                        check: v.check,
+                        detail: v.detail,
+                    })
+                    .collect(),
+            ),
+            R::Health => Response::Health(self.sup.health()),
+            R::Stop(n) => done(self.sup.command(&Cmd::Stop(n.clone()), now)),
+            R::Start(n) => done(self.sup.command(&Cmd::Start(n.clone()), now)),
+            R::Restart(n) => done(self.sup.command(&Cmd::Restart(n.clone()), now)),
+            R::Signal(n, sig) => match grammar::parse_signal(sig) {
+                Ok(sig) => done(self.sup.command(&Cmd::Signal(n.clone(), sig), now)),
+                Err(e) => Response::Error(e),
+            },
+        }
     }
 
     /// Starts child `id`: `argv` in its own process group, stdin from
-    /// /dev/null, `env` added, stdout and stderr into a new pipe read in
-    /// `id`'s slot when `piped`. Reports to the supervisor either way.
-    fn spawn_child(&mut self, id: ChildId, argv: &[String], env: &[(String, String)], piped: bool) {
+    /// /dev/null (the main program: ours), `env` added, stdout and stderr
+    /// as `out` says (a pipe is read in `id`'s slot). Reports to the
+    /// supervisor either way.
+    fn spawn_child(&mut self, id: ChildId, argv: &[String], env: &[(String, String)], out: Out) {
         let units = self.units.len();
         let now = Instant::now();
-        match self.spawn(argv, env, piped) {
+        let user = match id {
+            ChildId::Unit(i) => self.units[i].user,
+            _ => None,
+        };
+        match self.spawn(argv, env, out, user) {
             Ok((pid, rx)) => {
                 log::debug!("{} runs as pid {pid}", argv[0]);
                 let has_pipe = rx.is_some();
                 if let Some(rx) = rx {
                     self.open_pipe(slot(id, units), rx);
+                }
+                if out == Out::Inherit && self.foreground_child() {
+                    // Also here, as shells do: whichever runs first.
+                    // SAFETY: plain syscall; SIGTTOU is blocked for us.
+                    if unsafe { libc::tcsetpgrp(0, pid) } == 0 {
+                        self.gave_terminal = true;
+                    }
                 }
                 self.sup.spawned(id, pid, has_pipe, now);
             }
@@ -413,34 +755,48 @@ impl Runtime {
         &self,
         argv: &[String],
         env: &[(String, String)],
-        piped: bool,
+        out: Out,
+        user: Option<crate::users::Ids>,
     ) -> io::Result<(i32, Option<Receiver>)> {
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
+            .env_remove("NOTIFY_SOCKET")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .process_group(0);
-        match &self.null {
-            Some(null) => cmd.stdin(Stdio::from(null.try_clone()?)),
-            None => cmd.stdin(Stdio::null()),
-        };
-        let rx = if piped {
-            let (tx, rx) = pipe::new()?;
-            let size = pipe_size(self.units.len());
-            // Best effort: a smaller pipe only costs speed.
-            if size > DEFAULT_PIPE_SIZE {
-                let size = i32::try_from(size).unwrap_or(i32::MAX);
-                let _ = nix::fcntl::fcntl(&rx, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+        if let Some(ids) = user {
+            // std also drops the supplementary groups (setgroups(0)).
+            cmd.uid(ids.uid).gid(ids.gid);
+        }
+        if out != Out::Inherit {
+            match &self.null {
+                Some(null) => cmd.stdin(Stdio::from(null.try_clone()?)),
+                None => cmd.stdin(Stdio::null()),
+            };
+        }
+        let rx = match out {
+            Out::Pipe => {
+                let (tx, rx) = pipe::new()?;
+                let size = pipe_size(self.units.len());
+                // Best effort: a smaller pipe only costs speed.
+                if size > DEFAULT_PIPE_SIZE {
+                    let size = i32::try_from(size).unwrap_or(i32::MAX);
+                    let _ = nix::fcntl::fcntl(&rx, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+                }
+                // The child's end must block like any ordinary stdout.
+                tx.set_nonblocking(false)?;
+                let stdout = OwnedFd::from(tx);
+                let stderr = stdout.try_clone()?;
+                cmd.stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
+                Some(rx)
             }
-            // The child's end must block like any ordinary stdout.
-            tx.set_nonblocking(false)?;
-            let stdout = OwnedFd::from(tx);
-            let stderr = stdout.try_clone()?;
-            cmd.stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
-            Some(rx)
-        } else {
-            None
+            Out::Null => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                None
+            }
+            Out::Inherit => None,
         };
-        self.restore_signals(&mut cmd);
+        let foreground = out == Out::Inherit && self.foreground_child();
+        self.child_setup(&mut cmd, foreground);
         // Every descriptor of ours is close-on-exec (see `sanitize_fds`), so
         // the child starts with 0, 1 and 2 only.
         let child = cmd.spawn()?;
@@ -448,19 +804,33 @@ impl Runtime {
         Ok((child.id() as i32, rx))
     }
 
-    /// Gives the child the signal mask and ignored signals sidecar-init
-    /// was started with (std empties the mask and resets SIGPIPE). Only
-    /// when there is something to restore: a `pre_exec` closure keeps std
-    /// from using posix_spawn, which is cheaper for large tables.
-    fn restore_signals(&self, cmd: &mut Command) {
+    /// Whether the main program should get the terminal: our stdin is one.
+    fn foreground_child(&self) -> bool {
+        nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+    }
+
+    /// What the child does between fork and exec, when anything: take the
+    /// terminal (the main program, as tini does: SIGTTOU blocked around
+    /// `tcsetpgrp`), and get the signal mask and ignored signals
+    /// sidecar-init was started with (std empties the mask and resets
+    /// SIGPIPE). Only when needed: a `pre_exec` closure keeps std from
+    /// using posix_spawn, which is cheaper for large tables.
+    fn child_setup(&self, cmd: &mut Command, foreground: bool) {
         let inherited = self.inherited;
-        if !inherited.masked && inherited.ignored == 0 {
+        if !inherited.masked && inherited.ignored == 0 && !foreground {
             return;
         }
         // SAFETY: the closure only calls async-signal-safe functions
-        // (signal, sigprocmask) and allocates nothing.
+        // (sigprocmask, tcsetpgrp, getpid, signal) and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
+                if foreground {
+                    let mut ttou: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut ttou);
+                    libc::sigaddset(&mut ttou, libc::SIGTTOU);
+                    libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+                    libc::tcsetpgrp(0, libc::getpid());
+                }
                 for sig in 1..128 {
                     if inherited.ignored & (1 << sig) != 0 {
                         libc::signal(sig, libc::SIG_IGN);
@@ -566,6 +936,18 @@ impl Runtime {
             match p.rx.read(&mut self.read_buf[..READ_SIZE]) {
                 Ok(0) => self.close_pipe(i),
                 Ok(n) => {
+                    if let Some(w) = p.watch.as_mut() {
+                        if w.found(&self.read_buf[..n]) {
+                            p.watch = None;
+                            if let ChildId::Unit(u) = child(i, self.units.len()) {
+                                self.sup.line_seen(u, Instant::now());
+                                self.apply();
+                            }
+                        }
+                    }
+                    let Some(p) = self.pipes[i].as_mut() else {
+                        continue;
+                    };
                     if let Some(owed) = p.owed {
                         self.owed_read(i, owed, n);
                     }
@@ -651,6 +1033,7 @@ impl Runtime {
             splitter: LineSplitter::new(self.line_max),
             readable: false,
             owed: None,
+            watch: None,
         });
     }
 
@@ -770,6 +1153,52 @@ fn spawn_error(e: &io::Error) -> (i32, String) {
         _ => exit::NOT_EXECUTABLE,
     };
     (code, describe(e))
+}
+
+/// Gives the terminal back to sidecar-init's own process group.
+fn take_terminal_back() {
+    // SAFETY: plain syscalls; SIGTTOU is blocked for us.
+    unsafe {
+        libc::tcsetpgrp(0, libc::getpgrp());
+    }
+}
+
+/// The file `argv0` runs, looked up as at spawn time: a path with a `/`
+/// as it is, else the first executable match in `path` (`PATH`; the C
+/// library's default without it). An error says why it cannot run.
+pub fn find_executable(argv0: &str, path: Option<&OsStr>) -> Result<PathBuf, String> {
+    let runnable = |p: &Path| -> Result<(), String> {
+        let meta =
+            std::fs::metadata(p).map_err(|e| format!("{}: {}", p.display(), describe(&e)))?;
+        if !meta.is_file() {
+            return Err(format!("{}: not a regular file", p.display()));
+        }
+        nix::unistd::access(p, nix::unistd::AccessFlags::X_OK)
+            .map_err(|e| format!("{}: not executable ({})", p.display(), e.desc()))
+    };
+    if argv0.contains('/') {
+        return runnable(Path::new(argv0)).map(|()| PathBuf::from(argv0));
+    }
+    let dirs = path.map_or_else(
+        || std::ffi::OsString::from("/usr/local/bin:/bin:/usr/bin"),
+        OsStr::to_os_string,
+    );
+    let mut first_error = None;
+    for dir in std::env::split_paths(&dirs) {
+        let candidate = if dir.as_os_str().is_empty() {
+            PathBuf::from(argv0)
+        } else {
+            dir.join(argv0)
+        };
+        match runnable(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if candidate.exists() => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {}
+        }
+    }
+    Err(first_error.unwrap_or_else(|| format!("{argv0}: not found in PATH")))
 }
 
 /// Bytes waiting in a pipe (FIONREAD).

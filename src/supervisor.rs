@@ -1420,6 +1420,10 @@ impl Supervisor {
             || self.advance
             || (matches!(self.end, End::Sweep { .. }) && !self.children_left)
             || (self.end == End::Running && self.units_done())
+            || self
+                .notifier
+                .as_ref()
+                .is_some_and(|n| n.run.is_none() && n.queue.backlog().0 > 0)
     }
 
     /// Time has passed: act on every deadline that is due, and spawn the
@@ -1706,8 +1710,8 @@ impl Supervisor {
             (Ending::Signaled(sig), _) if code == 0 => {
                 format!(" (stopped by {})", exit::signal_name(sig))
             }
-            (_, Some(Why::NotReady)) => format!(" (not ready in time{ending})"),
-            (_, Some(Why::NotLive)) => format!(" (failed its liveness check{ending})"),
+            (_, Some(Why::NotReady)) => format!(" (not ready in time; {})", ending.how()),
+            (_, Some(Why::NotLive)) => format!(" (failed its liveness check; {})", ending.how()),
             (other, _) => other.to_string(),
         };
         let held = match &run.pipe {
@@ -2213,7 +2217,8 @@ mod tests {
             match a {
                 Action::Spawn(i) => {
                     let pid = 100 + i as i32 + 10 * s.units[i].restarts as i32;
-                    s.spawned(ChildId::Unit(i), pid, true, t);
+                    let piped = s.units[i].spec.kind != super::Kind::Main;
+                    s.spawned(ChildId::Unit(i), pid, piped, t);
                 }
                 other => rest.push(other),
             }
@@ -2989,6 +2994,416 @@ mod tests {
         actions(&mut s);
         let ev = events(&mut s);
         assert_eq!((ev[0].kind, ev[0].daemon.as_str()), (Kind::Kill, "b"));
+    }
+
+    // --- readiness, order, one-shots, the main program ---
+
+    fn spec(name: &str, after: &[usize]) -> UnitSpec {
+        UnitSpec {
+            after: after.to_vec(),
+            ..UnitSpec::daemon(name)
+        }
+    }
+
+    fn spawns(acts: &[Action]) -> Vec<usize> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Spawn(i) => Some(*i),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dependent_starts_once_its_dependency_is_ready() {
+        let t0 = Instant::now();
+        let mut db = spec("db", &[]);
+        db.ready = Readiness::Poll { exec: false };
+        db.ready_text = Some("tcp:127.0.0.1:5432".into());
+        let mut s = Supervisor::new(vec![db, spec("web", &[0]), spec("other", &[])], timing());
+        s.start(t0);
+        s.tick(t0);
+        assert_eq!(spawns(&actions(&mut s)), [0, 2], "independent ones at once");
+        s.spawned(ChildId::Unit(0), 100, true, t0);
+        s.spawned(ChildId::Unit(2), 102, true, t0);
+        s.tick(t0);
+        assert_eq!(actions(&mut s), [Action::RunCheck(0, Purpose::Ready)]);
+        s.check_done(0, Err("Connection refused".into()), t0);
+        assert_eq!(
+            logs(&mut s),
+            ["db not ready yet (tcp:127.0.0.1:5432: Connection refused)"]
+        );
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_millis(200)));
+        let t1 = t0 + Duration::from_millis(200);
+        s.tick(t1);
+        assert_eq!(actions(&mut s), [Action::RunCheck(0, Purpose::Ready)]);
+        s.check_done(0, Ok(()), t1 + Duration::from_millis(110));
+        assert_eq!(
+            logs(&mut s),
+            ["db is ready (tcp:127.0.0.1:5432) after 0.31s"]
+        );
+        s.tick(t1);
+        let acts = actions(&mut s);
+        assert_eq!(spawns(&acts), [1]);
+        // Every unit ready: no deadline at all (no polling).
+        s.spawned(ChildId::Unit(1), 101, true, t1);
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_check_that_times_out_fails_and_is_cancelled() {
+        let t0 = Instant::now();
+        let mut db = spec("db", &[]);
+        db.ready = Readiness::Poll { exec: false };
+        db.ready_text = Some("tcp:127.0.0.1:1".into());
+        let mut s = started(vec![db], timing(), t0);
+        s.tick(t0);
+        actions(&mut s);
+        let timeout = s.timing.check_timeout;
+        assert_eq!(s.next_deadline(), Some(t0 + timeout));
+        s.tick(t0 + timeout);
+        let acts = actions(&mut s);
+        assert!(acts.contains(&Action::CancelCheck(0)), "{acts:?}");
+        assert_eq!(
+            s.units[0].check_error.as_deref(),
+            Some("timed out after 5s")
+        );
+    }
+
+    #[test]
+    fn not_ready_in_time_stops_it_as_failed_and_fails_its_dependents() {
+        let t0 = Instant::now();
+        let mut slow = spec("slow", &[]);
+        slow.ready = Readiness::Notify;
+        slow.ready_text = Some("notify".into());
+        let mut s = started(vec![slow, spec("web", &[0])], timing(), t0);
+        let timeout = s.timing.ready_timeout;
+        assert_eq!(s.next_deadline(), Some(t0 + timeout));
+        s.tick(t0 + timeout);
+        let acts = actions(&mut s);
+        assert_eq!(signals(&acts), [(100, SIGTERM)]);
+        assert!(acts.contains(&Action::Log(
+            Level::Warn,
+            "slow not ready after 60s (notify); stopping it".into()
+        )));
+        reap(&mut s, 100, Ending::Signaled(SIGTERM), t0 + timeout);
+        close(&mut s, 0, t0 + timeout);
+        assert_eq!(
+            logs(&mut s),
+            [
+                "slow exited with code 124 (not ready in time; killed by SIGTERM); leaving surviving daemons running",
+                "web not started: slow failed with code 124"
+            ]
+        );
+        assert!(over(&mut s, t0 + timeout));
+        assert_eq!(s.exit_code(), 124);
+    }
+
+    #[test]
+    fn notify_readiness_needs_the_units_own_group() {
+        let t0 = Instant::now();
+        let mut svc = spec("svc", &[]);
+        svc.ready = Readiness::Notify;
+        svc.ready_text = Some("notify".into());
+        let mut s = started(vec![svc, spec("web", &[0])], timing(), t0);
+        assert_eq!(s.notified(4242, t0), None, "a stranger's group");
+        assert_eq!(s.notified(100, t0), Some("svc".into()));
+        s.tick(t0);
+        assert_eq!(spawns(&actions(&mut s)), [1]);
+        assert_eq!(s.notified(100, t0), None, "already ready");
+    }
+
+    #[test]
+    fn a_one_shot_is_ready_when_it_finishes_and_never_runs_again() {
+        let t0 = Instant::now();
+        let mut migrate = spec("migrate", &[]);
+        migrate.kind = super::Kind::Oneshot;
+        migrate.policy = Policy::OnFailure;
+        let mut s = started(vec![migrate, spec("web", &[0])], timing(), t0);
+        assert_eq!(s.units[1].state, State::Waiting);
+        reap(
+            &mut s,
+            100,
+            Ending::Exited(0),
+            t0 + Duration::from_millis(250),
+        );
+        close(&mut s, 0, t0);
+        assert_eq!(logs(&mut s), ["migrate finished (in 0.25s)"]);
+        assert_eq!(s.units[0].state, State::Finished);
+        s.tick(t0);
+        assert_eq!(spawns(&actions(&mut s)), [1]);
+    }
+
+    #[test]
+    fn the_main_program_waits_for_everyone_and_its_status_is_the_code() {
+        let t0 = Instant::now();
+        let mut main = spec("main", &[0, 1]);
+        main.kind = super::Kind::Main;
+        let mut migrate = spec("migrate", &[]);
+        migrate.kind = super::Kind::Oneshot;
+        let mut s = started(vec![spec("db", &[]), migrate, main], timing(), t0);
+        assert_eq!(s.units[2].state, State::Waiting, "migrate has not finished");
+        reap(&mut s, 101, Ending::Exited(0), t0);
+        close(&mut s, 1, t0);
+        spawn_due(&mut s, t0);
+        assert_eq!(s.units[2].state, State::Ready);
+        // Its end stops everything; it is killed by our SIGTERM: 143.
+        reap(&mut s, 102, Ending::Signaled(SIGTERM), t0);
+        let acts = actions(&mut s);
+        assert!(acts.contains(&Action::Log(
+            Level::Warn,
+            "the main program (main) exited with code 143 (killed by SIGTERM)".into()
+        )));
+        assert_eq!(signals(&acts), [(100, SIGTERM)]);
+        reap(&mut s, 100, Ending::Signaled(SIGTERM), t0);
+        close(&mut s, 0, t0);
+        assert!(over(&mut s, t0));
+        assert_eq!(s.exit_code(), 143);
+    }
+
+    #[test]
+    fn a_failed_dependency_keeps_the_main_program_from_starting() {
+        let t0 = Instant::now();
+        let mut main = spec("main", &[0, 1]);
+        main.kind = super::Kind::Main;
+        let mut migrate = spec("migrate", &[]);
+        migrate.kind = super::Kind::Oneshot;
+        let mut s = started(vec![spec("db", &[]), migrate, main], timing(), t0);
+        reap(&mut s, 101, Ending::Exited(3), t0);
+        close(&mut s, 1, t0);
+        let acts = actions(&mut s);
+        assert!(acts.contains(&Action::Log(
+            Level::Warn,
+            "main not started: migrate failed with code 3".into()
+        )));
+        assert_eq!(signals(&acts), [(100, SIGTERM)], "everything stops");
+        reap(&mut s, 100, Ending::Signaled(SIGTERM), t0);
+        close(&mut s, 0, t0);
+        assert!(over(&mut s, t0));
+        assert_eq!(s.exit_code(), 3, "the failure's code");
+    }
+
+    #[test]
+    fn an_essential_units_end_stops_everything_and_others_do_not() {
+        let t0 = Instant::now();
+        let mut vital = spec("vital", &[]);
+        vital.essential = true;
+        let mut s = started(vec![vital, spec("a", &[]), spec("b", &[])], timing(), t0);
+        reap(&mut s, 101, Ending::Exited(1), t0);
+        close(&mut s, 1, t0);
+        assert!(!s.shutting_down(), "a is not essential");
+        reap(&mut s, 100, Ending::Exited(2), t0);
+        close(&mut s, 0, t0);
+        let acts = actions(&mut s);
+        assert!(acts.contains(&Action::Log(
+            Level::Warn,
+            "vital exited with code 2; it is essential".into()
+        )));
+        assert!(acts.contains(&Action::Log(
+            Level::Info,
+            "shutting down (vital is essential and failed with code 2); forwarding SIGTERM".into()
+        )));
+        assert_eq!(signals(&acts), [(102, SIGTERM)]);
+        reap(&mut s, 102, Ending::Signaled(SIGTERM), t0);
+        close(&mut s, 2, t0);
+        assert!(over(&mut s, t0));
+        assert_eq!(s.exit_code(), 2);
+    }
+
+    #[test]
+    fn the_stop_order_follows_the_dependencies_backwards() {
+        let t0 = Instant::now();
+        let mut s = started(
+            vec![spec("db", &[]), spec("cache", &[]), spec("web", &[0, 1])],
+            timing(),
+            t0,
+        );
+        s.tick(t0);
+        spawn_due(&mut s, t0);
+        s.signal(SIGTERM, t0);
+        assert_eq!(signals(&actions(&mut s)), [(102, SIGTERM)], "web first");
+        reap(&mut s, 102, Ending::Signaled(SIGTERM), t0);
+        close(&mut s, 2, t0);
+        s.tick(t0);
+        assert_eq!(signals(&actions(&mut s)), [(100, SIGTERM), (101, SIGTERM)]);
+    }
+
+    #[test]
+    fn a_stop_waits_for_the_whole_group() {
+        let t0 = Instant::now();
+        let mut s = running(&["a"], t0);
+        s.signal(SIGTERM, t0);
+        actions(&mut s);
+        s.reaped(ChildId::Unit(0), Ending::Signaled(SIGTERM), true, t0);
+        close(&mut s, 0, t0);
+        assert!(s.awaiting_groups());
+        s.check_groups(|pgid| pgid == 100, t0);
+        assert!(logs(&mut s).is_empty(), "a group member still runs");
+        s.check_groups(|_| false, t0 + Duration::from_secs(2));
+        assert_eq!(logs(&mut s), ["a exited with code 0 (stopped by SIGTERM)"]);
+    }
+
+    #[test]
+    fn the_grace_names_only_groups_that_may_have_processes() {
+        let t0 = Instant::now();
+        let mut s = running(&["chatty", "stubborn"], t0);
+        // chatty exited on its own, its pipe still draining (stdout stalled).
+        s.reaped(ChildId::Unit(0), Ending::Exited(0), false, t0);
+        s.check_groups(|_| false, t0);
+        s.output_stall(Some(t0), t0);
+        s.signal(SIGTERM, t0);
+        actions(&mut s);
+        s.tick(t0 + GRACE);
+        let acts = actions(&mut s);
+        assert_eq!(signals(&acts), [(101, SIGKILL)]);
+        assert!(acts.contains(&Action::Log(
+            Level::Warn,
+            "grace (8s) elapsed; SIGKILL on stubborn".into()
+        )));
+    }
+
+    #[test]
+    fn liveness_failures_in_a_row_stop_the_daemon_as_failed() {
+        let t0 = Instant::now();
+        let mut web = spec("web", &[]);
+        web.live = Some(Liveness {
+            exec: false,
+            text: "tcp:127.0.0.1:80".into(),
+        });
+        web.policy = Policy::OnFailure;
+        let mut s = started(vec![web], timing(), t0);
+        let every = s.timing.live_interval;
+        let mut t = t0;
+        for n in 1..=3 {
+            t += every;
+            assert_eq!(s.next_deadline(), Some(t));
+            s.tick(t);
+            let acts = actions(&mut s);
+            assert!(
+                acts.ends_with(&[Action::RunCheck(0, Purpose::Live)]),
+                "{acts:?}"
+            );
+            let verdict = if n == 1 {
+                Ok(())
+            } else {
+                Err("refused".into())
+            };
+            s.check_done(0, verdict, t);
+        }
+        t += every;
+        s.tick(t);
+        actions(&mut s);
+        s.check_done(0, Err("refused".into()), t);
+        let acts = actions(&mut s);
+        assert_eq!(
+            signals(&acts),
+            [(100, SIGTERM)],
+            "3 failures in a row: {acts:?}"
+        );
+        reap(&mut s, 100, Ending::Signaled(SIGTERM), t);
+        close(&mut s, 0, t);
+        assert_eq!(
+            logs(&mut s),
+            [
+                "web exited with code 124 (failed its liveness check; killed by SIGTERM); restarting in 1s (restart 1)"
+            ]
+        );
+    }
+
+    #[test]
+    fn control_stop_keeps_a_daemon_down_and_start_brings_it_back() {
+        let t0 = Instant::now();
+        let mut s = running(&["a", "b"], t0);
+        s.units[0].spec.policy = Policy::Always;
+        assert_eq!(
+            s.command(&Command::Stop("a".into()), t0),
+            Ok("stopping a".into())
+        );
+        assert_eq!(signals(&actions(&mut s)), [(100, SIGTERM)]);
+        reap(&mut s, 100, Ending::Signaled(SIGTERM), t0);
+        close(&mut s, 0, t0);
+        assert_eq!(
+            logs(&mut s),
+            ["a exited with code 0 (stopped by SIGTERM); stopped on request"]
+        );
+        assert_eq!(
+            s.units[0].state,
+            State::Stopped,
+            "no restart despite always"
+        );
+        assert!(!over(&mut s, t0), "a stopped daemon does not end the run");
+        assert_eq!(s.health(), ["a: stopped"]);
+        assert!(s.command(&Command::Stop("a".into()), t0).is_err());
+        assert_eq!(
+            s.command(&Command::Start("a".into()), t0),
+            Ok("starting a".into())
+        );
+        s.tick(t0);
+        let acts = actions(&mut s);
+        assert_eq!(spawns(&acts), [0]);
+        assert!(
+            s.command(&Command::Start("b".into()), t0).is_err(),
+            "b runs"
+        );
+        assert!(s.command(&Command::Stop("ghost".into()), t0).is_err());
+    }
+
+    #[test]
+    fn control_restart_and_signal() {
+        let t0 = Instant::now();
+        let mut s = running(&["a", "b"], t0);
+        assert!(s.command(&Command::Restart("a".into()), t0).is_ok());
+        assert_eq!(signals(&actions(&mut s)), [(100, SIGTERM)]);
+        reap(&mut s, 100, Ending::Signaled(SIGTERM), t0);
+        close(&mut s, 0, t0);
+        s.tick(t0);
+        let acts = actions(&mut s);
+        assert_eq!(spawns(&acts), [0], "{acts:?}");
+        assert_eq!(
+            s.command(&Command::Signal("b".into(), SIGHUP), t0),
+            Ok("sent SIGHUP to b".into())
+        );
+        assert_eq!(signals(&actions(&mut s)), [(101, SIGHUP)]);
+        s.signal(SIGTERM, t0);
+        assert!(
+            s.command(&Command::Stop("b".into()), t0).is_err(),
+            "shutting down"
+        );
+    }
+
+    #[test]
+    fn status_shows_every_unit() {
+        let t0 = Instant::now();
+        let mut s = running(&["a"], t0);
+        let v = s.status(t0 + Duration::from_secs(3));
+        assert_eq!(v[0].state, State::Ready);
+        assert_eq!(v[0].pid, Some(100));
+        assert_eq!(v[0].uptime, Some(Duration::from_secs(3)));
+        assert!(s.health().is_empty());
+        reap(&mut s, 100, Ending::Exited(4), t0);
+        close(&mut s, 0, t0);
+        let v = s.status(t0);
+        assert_eq!(
+            (v[0].state, v[0].pid, v[0].code),
+            (State::Exited, None, Some(4))
+        );
+        assert_eq!(s.health(), ["a: exited with code 4"]);
+    }
+
+    #[test]
+    fn spawns_come_in_batches() {
+        let t0 = Instant::now();
+        let names: Vec<String> = (0..150).map(|i| format!("d{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut s = Supervisor::new(never(&refs), timing());
+        s.start(t0);
+        s.tick(t0);
+        assert_eq!(spawns(&actions(&mut s)).len(), 64);
+        assert!(s.has_work());
+        // A shutdown between batches: the rest never start.
+        s.signal(SIGTERM, t0);
+        s.tick(t0);
+        assert!(spawns(&actions(&mut s)).is_empty());
     }
 
     #[test]

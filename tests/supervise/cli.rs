@@ -40,7 +40,11 @@ fn check_prints_the_selected_table() {
         .env("CLAUDE_BOTTLE_SIDECAR_DAEMONS", "c,a")
         .run();
     assert_eq!(code, 0, "{out}");
-    assert_eq!(out, "a: echo 'x y'\nc: false\n");
+    assert_eq!(
+        out,
+        "a: echo 'x y'\n#   daemon; restart never; stop-signal SIGTERM\n\
+         c: false\n#   daemon; restart never; stop-signal SIGTERM\n"
+    );
 }
 
 /// Runs a Procfile whose first entry would create `marker`; checks exit 2,
@@ -108,12 +112,12 @@ fn bad_options_exit_2_with_one_line() {
         (
             &["--grace", "soon"],
             &[],
-            "--grace: 'soon' is not a number of seconds",
+            "--grace: 'soon' is not a duration",
         ),
         (
             &[],
             &[("SIDECAR_INIT_GRACE", "-1")],
-            "SIDECAR_INIT_GRACE: '-1' is not a number",
+            "SIDECAR_INIT_GRACE: '-1' is not a duration",
         ),
         (&["--bogus"], &[], "unknown option '--bogus'"),
         (&["--log-level", "loud"], &[], "not a log level"),

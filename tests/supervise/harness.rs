@@ -63,6 +63,8 @@ pub struct Spec {
     /// Start with these extra descriptors open (not close-on-exec).
     pub leak_fds: bool,
     pub stdout: Reader,
+    /// Files written into the test's directory before the start.
+    pub files: Vec<(String, String)>,
 }
 
 /// What the test does with sidecar-init's stdout.
@@ -88,7 +90,15 @@ impl Spec {
             pid1: false,
             leak_fds: false,
             stdout: Reader::Read,
+            files: Vec::new(),
         }
+    }
+
+    /// A file written into the test's directory (sidecar-init's working
+    /// directory) before sidecar-init starts.
+    pub fn file(mut self, name: &str, contents: &str) -> Spec {
+        self.files.push((name.to_string(), contents.to_string()));
+        self
     }
 
     pub fn args(mut self, args: &[&str]) -> Spec {
@@ -175,8 +185,16 @@ pub fn skip(test: &str, why: &str) {
 }
 
 impl Init {
+    /// The control socket of this run (see `start`).
+    pub fn control_socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
     fn start(spec: Spec) -> Init {
         let dir = TempDir::new();
+        for (name, contents) in &spec.files {
+            dir.write(name, contents);
+        }
         let mut args = spec.args.clone();
         if let Some(text) = &spec.procfile {
             let p = dir.write("Procfile", text);
@@ -202,6 +220,9 @@ impl Init {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // Each run's own control socket: tests run side by side, and the
+        // default places are shared (one would answer another's probe).
+        cmd.env("SIDECAR_INIT_CONTROL", dir.path().join("control.sock"));
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
@@ -484,6 +505,28 @@ pub fn proc_state(pid: i32) -> Option<char> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("State:"))?;
     line["State:".len()..].trim().chars().next()
+}
+
+/// utime + stime in clock ticks, and voluntary context switches, of `pid`.
+pub fn cpu_and_wakeups(pid: i32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let switches = status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (ticks, switches)
+}
+
+/// A TCP port nobody listens on right now (the kernel's pick, released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
 }
 
 /// Waits until `path` exists.

@@ -6,6 +6,7 @@ mod harness;
 mod backpressure;
 mod cli;
 mod output;
+mod readiness;
 mod reaping;
 mod restart;
 mod signals;

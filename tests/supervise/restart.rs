@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use nix::libc::SIGTERM;
 
-use crate::harness::{DEADLINE, Spec};
+use crate::harness::{DEADLINE, Spec, cpu_and_wakeups};
 
 const STEADY: &str = "steady: sh -c 'echo ready; exec sleep 1000'\n";
 
@@ -184,22 +184,6 @@ fn a_hanging_notify_command_is_killed_and_changes_nothing() {
         0,
         "the notify command's failure is not ours"
     );
-}
-
-/// utime + stime in clock ticks, and voluntary context switches, of `pid`.
-fn cpu_and_wakeups(pid: i32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let switches = status
-        .lines()
-        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    (ticks, switches)
 }
 
 #[test]
