@@ -570,7 +570,12 @@ impl Runtime {
             }
         }
         let out = match self.units[i].spec.kind {
-            supervisor::Kind::Main => Out::Inherit,
+            supervisor::Kind::Main => {
+                // It writes to our stdout directly: our lines so far first.
+                self.out.absorb_log();
+                self.out.flush();
+                Out::Inherit
+            }
             _ => Out::Pipe,
         };
         self.spawn_child(ChildId::Unit(i), &argv, &env, out);
