@@ -291,3 +291,26 @@ fn a_closed_stdout_at_start_is_survived() {
     let wh = std::fs::read_to_string(dir.path().join("where")).unwrap();
     assert!(wh.starts_with("pipe:"), "the daemon's stdout is {wh:?}");
 }
+
+#[test]
+fn the_same_binary_is_the_client() {
+    let mut init = Spec::procfile("a: sh -c 'echo up; exec sleep 1000'\n").start();
+    init.wait_for("[a] up");
+    let out = std::process::Command::new(binary())
+        .args(["status", "--control"])
+        .arg(init.control_socket())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.contains("\na "), "{text}");
+    init.signal(nix::libc::SIGTERM);
+    assert_eq!(init.wait_exit(DEADLINE), 0);
+    let out = std::process::Command::new(binary())
+        .args(["health", "--control"])
+        .arg(init.control_socket())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "no supervisor answers any more");
+}

@@ -5,6 +5,7 @@ mod harness;
 
 mod backpressure;
 mod cli;
+mod config;
 mod output;
 mod readiness;
 mod reaping;
