@@ -15,6 +15,7 @@
 use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -402,6 +403,11 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
 /// The first control socket that can be created, registered; a warning
 /// (one line) when none can.
 fn open_control(paths: &[PathBuf], registry: &mio::Registry) -> Option<Server> {
+    // A FROM scratch image has no /run: as PID 1, make it (as any init
+    // would), so that the default socket and `health` work there too.
+    if std::process::id() == 1 && paths.first().is_some_and(|p| p.starts_with("/run")) {
+        let _ = std::fs::DirBuilder::new().mode(0o755).create("/run");
+    }
     let mut errors = Vec::new();
     for path in paths {
         match Server::bind(path) {

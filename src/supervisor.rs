@@ -1197,17 +1197,20 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return;
         }
-        let uniform = self.units.iter().all(|u| {
+        // Say how the units still running are stopped, if any are.
+        let running: Vec<&Unit> = self.units.iter().filter(|u| u.run.is_some()).collect();
+        let uniform = running.iter().all(|u| {
             u.spec.stop_signal == SIGTERM || (u.spec.kind == Kind::Main && signal == Some(SIGTERM))
         });
-        let ordered = self.units.iter().any(|u| !u.spec.after.is_empty());
-        let how = match (uniform, ordered) {
-            (true, false) => "forwarding SIGTERM".to_string(),
-            (true, true) => "forwarding SIGTERM, dependents first".to_string(),
-            (false, false) => "sending each its stop signal".to_string(),
-            (false, true) => "sending each its stop signal, dependents first".to_string(),
+        let ordered = running.iter().any(|u| !u.spec.after.is_empty());
+        let how = match (running.is_empty(), uniform, ordered) {
+            (true, _, _) => "",
+            (false, true, false) => "; forwarding SIGTERM",
+            (false, true, true) => "; forwarding SIGTERM, dependents first",
+            (false, false, false) => "; sending each its stop signal",
+            (false, false, true) => "; sending each its stop signal, dependents first",
         };
-        let msg = format!("shutting down ({why}); {how}");
+        let msg = format!("shutting down ({why}){how}");
         self.log(Level::Info, msg.clone());
         if let Some(e) = self.event(EventKind::Shutdown, String::new(), &msg) {
             e.signal = signal;
