@@ -192,7 +192,8 @@ fn status_shows_every_unit_as_a_table_and_as_json() {
     let names: Vec<&str> = units.iter().map(|u| u["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["db", "migrate", "flaky", "web"], "table order");
     for u in &units {
-        let fields: Vec<&str> = u.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut got: Vec<&str> = u.as_object().unwrap().keys().map(String::as_str).collect();
+        got.sort();
         let mut want = [
             "name",
             "kind",
@@ -205,8 +206,6 @@ fn status_shows_every_unit_as_a_table_and_as_json() {
             "detail",
         ];
         want.sort();
-        let mut got = fields.clone();
-        got.sort();
         assert_eq!(got, want, "{u}");
     }
     let db = unit(&units, "db");
@@ -350,7 +349,6 @@ fn health_says_which_daemon_died_and_is_back_to_0_after_start() {
     assert_ne!(old, new, "a new process");
     init.expect("sidecar-init: starting mortal (requested)");
 
-    // Once shutting down, health says so (and refuses commands).
     init.signal(SIGTERM);
     assert_eq!(init.wait_exit(DEADLINE), 0, "the last run counts");
 }
@@ -1325,4 +1323,18 @@ fn liveness_is_the_only_periodic_wake_up() {
         quiet_wakeups <= 1,
         "woke up without --live: {quiet_wakeups} ({before:?} -> {after:?})"
     );
+}
+
+#[test]
+fn the_readme_names_the_client_exit_codes() {
+    let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+    for row in [
+        "| 0 | done; for `health`: healthy |",
+        "| 1 | refused",
+        "| 2 | usage",
+        "| 3 | no supervisor answers",
+    ] {
+        assert!(readme.contains(row), "README.md lacks {row:?}");
+    }
+    assert!(readme.contains(r#"CMD ["/sidecar-init", "health"]"#));
 }
