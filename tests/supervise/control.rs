@@ -998,7 +998,7 @@ fn hostile_clients_change_nothing_for_the_daemons_the_output_or_the_signals() {
             std::thread::sleep(Duration::from_millis(10));
         }
     };
-    wait_lines(20_000, "before the clients");
+    wait_lines(5_000, "before the clients");
     assert!(wait_file(&socket, DEADLINE));
 
     // Silent clients, held open.
@@ -1068,8 +1068,8 @@ fn hostile_clients_change_nothing_for_the_daemons_the_output_or_the_signals() {
     let flooders: Vec<_> = (0..2)
         .map(|_| flood(socket.clone(), Arc::clone(&stop)))
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    wait_lines(during + 20_000, "output stalled under the flood");
+    std::thread::sleep(Duration::from_millis(300));
+    wait_lines(during + 5_000, "output stalled under the flood");
     let seqs = children(child.id() as i32);
     assert_eq!(seqs.len(), 4, "the daemons: {seqs:?}");
     let sent = Instant::now();
@@ -1114,7 +1114,7 @@ fn hostile_clients_change_nothing_for_the_daemons_the_output_or_the_signals() {
     );
     assert!(checker.errors.is_empty(), "{:?}", checker.errors);
     for (d, (next, _)) in checker.next.iter().enumerate() {
-        assert!(*next > 5_000, "w{} wrote only {} lines", d + 1, next - 1);
+        assert!(*next > 1_000, "w{} wrote only {} lines", d + 1, next - 1);
     }
     assert!(rounds > 100, "the flood made only {rounds} connections");
     // The misbehaviour is logged, but rate-limited: a line or two, not one
