@@ -1293,35 +1293,52 @@ fn liveness_checks_of_every_kind() {
 #[test]
 fn liveness_is_the_only_periodic_wake_up() {
     let daemons = format!("{}{}", idle("a"), idle("b"));
-    let mut live = Spec::procfile(&daemons)
+    let port = free_port();
+    // A file check, a tcp check (on a server that is one of the daemons),
+    // and no check at all, side by side.
+    let mut file = Spec::procfile(&daemons)
         .args(&["--live", "a=file:a.pid", "--live-interval", "1s"])
         .start();
+    let mut tcp = Spec::procfile(&format!("srv: python3 srv.py {port} tcp\n{daemons}"))
+        .file("srv.py", SERVER)
+        .args(&[
+            "--ready",
+            &format!("srv=tcp:{port}"),
+            "--live",
+            &format!("srv=tcp:{port}"),
+            "--live-interval",
+            "1s",
+        ])
+        .start();
     let mut quiet = Spec::procfile(&daemons).start();
-    for init in [&live, &quiet] {
+    for init in [&file, &tcp, &quiet] {
         init.wait_for("[a] up");
         init.wait_for("[b] up");
         // The control socket costs nothing once its client is gone.
+        wait_health(init, 0);
         ctl_ok(init, &["status"], 0);
-        ctl_ok(init, &["health"], 0);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = (cpu_and_wakeups(live.pid), cpu_and_wakeups(quiet.pid));
+    let pids = [file.pid, tcp.pid, quiet.pid];
+    let before = pids.map(cpu_and_wakeups);
     std::thread::sleep(Duration::from_secs(4));
-    let after = (cpu_and_wakeups(live.pid), cpu_and_wakeups(quiet.pid));
-    let live_wakeups = after.0.1 - before.0.1;
-    let quiet_wakeups = after.1.1 - before.1.1;
-    for init in [&mut live, &mut quiet] {
+    let after = pids.map(cpu_and_wakeups);
+    let woke: Vec<u64> = (0..3).map(|i| after[i].1 - before[i].1).collect();
+    for init in [&mut file, &mut tcp, &mut quiet] {
         init.expect_not("liveness");
         init.signal(SIGTERM);
         assert_eq!(init.wait_exit(DEADLINE), 0);
     }
+    for (kind, n) in [("file", woke[0]), ("tcp", woke[1])] {
+        assert!(
+            (3..=6).contains(&n),
+            "one {kind} check every 1s for 4s: {n} wake-ups ({before:?} -> {after:?})"
+        );
+    }
     assert!(
-        (3..=6).contains(&live_wakeups),
-        "one check every 1s for 4s: {live_wakeups} wake-ups ({before:?} -> {after:?})"
-    );
-    assert!(
-        quiet_wakeups <= 1,
-        "woke up without --live: {quiet_wakeups} ({before:?} -> {after:?})"
+        woke[2] <= 1,
+        "woke up without --live: {} ({before:?} -> {after:?})",
+        woke[2]
     );
 }
 
