@@ -81,6 +81,8 @@ const SIGNAL_TEXT_MAX: usize = 32;
 const EXPECTED: &str =
     "expected status, health, stop NAME, start NAME, restart NAME or signal NAME SIG";
 const USAGE: &str = "usage: sidecar-init status [--json] | health | stop NAME | start NAME | restart NAME | signal NAME SIG";
+/// What `--help` adds to [`USAGE`]: the exit codes.
+const EXIT_CODES: &str = "exit codes: 0 done (or healthy), 1 refused or unhealthy (with the reason), 2 usage, 3 no supervisor answers";
 
 // ---------------------------------------------------------------------------
 // Protocol
@@ -1245,7 +1247,8 @@ fn seconds(d: Duration) -> String {
 /// errors to stderr. The whole exchange is bounded by [`CLIENT_TIMEOUT`].
 ///
 /// Returns the exit code: 0 done or healthy; 1 refused, an error from the
-/// supervisor, or unhealthy (with the reason); 2 usage error; and
+/// supervisor, or unhealthy (with the reason); 2 usage error (a malformed
+/// request, or a signal this machine does not have); and
 /// [`NO_SUPERVISOR`] (3) when no supervisor answers on any candidate (no
 /// such socket, connection refused, timeout), naming the paths tried.
 pub fn client_main(args: &[String], sockets: &[PathBuf]) -> i32 {
@@ -1273,7 +1276,7 @@ fn client_run(
     let (request, json) = match parse_client_args(args) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => {
-            let _ = writeln!(out, "{USAGE}");
+            let _ = writeln!(out, "{USAGE}\n{EXIT_CODES}");
             return 0;
         }
         Err(message) => {
@@ -1380,7 +1383,13 @@ fn parse_client_args(args: &[String]) -> Result<Option<(Request, bool)>, String>
         [verb @ ("stop" | "start" | "restart"), ..] => {
             return Err(format!("{verb} takes one daemon name: {verb} NAME"));
         }
-        ["signal", n, sig] => Request::Signal(name("signal", n)?, signal_text(sig)?),
+        ["signal", n, sig] => {
+            // Not a signal on this machine is a usage error, found without
+            // asking the supervisor; the supervisor still parses the text.
+            let text = signal_text(sig)?;
+            crate::grammar::parse_signal(&text).map_err(|e| format!("signal: {e}"))?;
+            Request::Signal(name("signal", n)?, text)
+        }
         ["signal", ..] => {
             return Err("signal takes a daemon name and a signal: signal NAME SIG".to_string());
         }
@@ -2576,8 +2585,11 @@ mod tests {
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
         assert_eq!(lp.server.open_connections(), 0);
+        // A blocking write would hang until the client reads (10 s); the
+        // slowest call is building and encoding the 4 MiB answer, which a
+        // debug build on a busy machine may take a second or more to do.
         assert!(
-            lp.slowest < Duration::from_secs(1),
+            lp.slowest < Duration::from_secs(4),
             "a call blocked: {:?}",
             lp.slowest
         );
@@ -3307,8 +3319,22 @@ mod tests {
             assert!(ran.err.contains(want), "{args:?}: {}", ran.err);
             assert!(ran.err.contains(USAGE), "{args:?}: {}", ran.err);
         }
+        let ran = run_client(
+            &["signal", "web", "BOGUS"],
+            &nowhere,
+            Duration::from_secs(1),
+        );
+        assert_eq!(ran.code, 2, "{}", ran.err);
+        assert!(
+            ran.err.contains("signal: 'BOGUS' is not a signal"),
+            "{}",
+            ran.err
+        );
         let ran = run_client(&["--help"], &nowhere, Duration::from_secs(1));
-        assert_eq!((ran.code, ran.out.trim_end()), (0, USAGE));
+        assert_eq!(
+            (ran.code, ran.out.as_str()),
+            (0, format!("{USAGE}\n{EXIT_CODES}\n").as_str())
+        );
     }
 
     #[test]

@@ -2079,10 +2079,26 @@ impl Supervisor {
                     self.units[i].detail = "stopped on request".into();
                     Ok(format!("{name} will not start"))
                 }
+                State::Stopping(Why::Restart) => {
+                    // A `restart` under way: it stays down afterwards.
+                    let msg = format!("stopping {name} (requested; no longer restarting it)");
+                    self.log(Level::Info, msg);
+                    self.units[i].state = State::Stopping(Why::Stop);
+                    Ok(format!("stopping {name}"))
+                }
                 State::Stopping(_) => Ok(format!("{name} is already stopping")),
                 _ => Err(format!("{name} is not running ({})", state.as_str())),
             },
             Command::Start(_) if is_main => Err("the main program is never restarted".into()),
+            Command::Start(_) if matches!(state, State::Backoff(_)) => {
+                // Waiting out a restart delay: start it now, and its
+                // backoff starts over (a restart of a unit that is not
+                // running does just that).
+                let msg = format!("starting {name} now (requested; backoff reset)");
+                self.log(Level::Info, msg);
+                self.transition(i, Input::Stop(Why::Restart), now);
+                Ok(format!("starting {name}"))
+            }
             Command::Start(_) => {
                 if !state.is_over() {
                     return Err(format!("{name} is {}", state.as_str()));
@@ -3372,6 +3388,63 @@ mod tests {
             s.command(&Command::Stop("b".into()), t0).is_err(),
             "shutting down"
         );
+    }
+
+    #[test]
+    fn control_start_during_a_backoff_starts_now_and_resets_it() {
+        let t0 = Instant::now();
+        let mut s = running(&["a"], t0);
+        s.units[0].spec.policy = Policy::Always;
+        // Three quick failures: the next delay is 4s.
+        let mut pid = 100;
+        let mut t = t0;
+        for _ in 0..3 {
+            reap(&mut s, pid, Ending::Exited(1), t);
+            close(&mut s, 0, t);
+            let State::Backoff(at) = s.units[0].state else {
+                panic!("not in backoff: {:?}", s.units[0].state);
+            };
+            t = at;
+            s.tick(t);
+            pid += 1;
+            s.spawned(ChildId::Unit(0), pid, true, t);
+            actions(&mut s);
+        }
+        reap(&mut s, pid, Ending::Exited(1), t);
+        close(&mut s, 0, t);
+        assert_eq!(s.units[0].state, State::Backoff(t + Duration::from_secs(8)));
+        actions(&mut s);
+        assert_eq!(
+            s.command(&Command::Start("a".into()), t),
+            Ok("starting a".into())
+        );
+        s.tick(t);
+        assert_eq!(spawns(&actions(&mut s)), [0], "started at once");
+        s.spawned(ChildId::Unit(0), pid + 1, true, t);
+        reap(&mut s, pid + 1, Ending::Exited(1), t);
+        close(&mut s, 0, t);
+        assert_eq!(
+            s.units[0].state,
+            State::Backoff(t + Duration::from_secs(1)),
+            "the backoff starts over"
+        );
+    }
+
+    #[test]
+    fn control_stop_during_a_restart_keeps_the_daemon_down() {
+        let t0 = Instant::now();
+        let mut s = running(&["a"], t0);
+        assert!(s.command(&Command::Restart("a".into()), t0).is_ok());
+        assert_eq!(signals(&actions(&mut s)), [(100, SIGTERM)]);
+        assert_eq!(
+            s.command(&Command::Stop("a".into()), t0),
+            Ok("stopping a".into())
+        );
+        reap(&mut s, 100, Ending::Signaled(SIGTERM), t0);
+        close(&mut s, 0, t0);
+        s.tick(t0);
+        assert_eq!(spawns(&actions(&mut s)), Vec::<usize>::new());
+        assert_eq!(s.units[0].state, State::Stopped);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod harness;
 mod backpressure;
 mod cli;
 mod config;
+mod control;
 mod output;
 mod readiness;
 mod reaping;
