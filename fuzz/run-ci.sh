@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-60}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(lines framing procfile)
+    targets=(lines framing json procfile)
 fi
 
 # cargo-fuzz from crates.io if missing.

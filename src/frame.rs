@@ -1,21 +1,27 @@
 //! The framed-output buffer and the fast path that fills it.
 //!
-//! Every daemon line leaves as `[name] line\n`. The plain way to build that
-//! (the [`LineSplitter`] emitting each line, [`lines::push_framed`] copying
-//! prefix and line) costs two variable-length copies, a UTF-8 check and a
-//! closure call per line; on a stream of short lines that per-line work,
-//! not the bytes, was most of sidecar-init's CPU time. [`frame_chunk`]
-//! takes the common case — complete, valid lines of ordinary length —
+//! Every daemon line leaves as prefix + line + suffix + `\n`: `[name] line`
+//! in plain (the suffix is empty), with a time before the name when
+//! timestamps are on, or a JSON object (`{"time":...,"line":"` + the line
+//! escaped + `"}`), as [`crate::format`] builds the frame. The plain way to
+//! build that (the [`LineSplitter`] emitting each line,
+//! [`FrameBuf::push_line`] copying prefix, line and suffix) costs two
+//! variable-length copies, a UTF-8 check and a closure call per line; on a
+//! stream of short lines that per-line work, not the bytes, was most of
+//! sidecar-init's CPU time. [`frame_chunk`] takes the common case —
+//! complete, valid lines of ordinary length that need no escaping —
 //! straight from the read buffer into [`FrameBuf`] with fixed-size block
 //! copies that may run up to a block past either end and that look for
-//! non-ASCII bytes on the way (only a line that has some gets a UTF-8
-//! check). Everything else (a line begun in an earlier read, a line too
-//! long, invalid UTF-8, the unterminated rest) goes to the splitter, and
-//! both paths give the same bytes.
+//! non-ASCII bytes (and, in JSON, bytes that need escaping) on the way:
+//! only a line that has some gets a closer look. Everything else (a line
+//! begun in an earlier read, a line too long, invalid UTF-8, a JSON line
+//! with a quote, a backslash or a control character, the unterminated
+//! rest) goes to the splitter, and both paths give the same bytes.
 //!
 //! No I/O here: the event loop reads into a buffer, calls [`frame_chunk`]
 //! and writes [`FrameBuf::pending`].
 
+use crate::format;
 use crate::lines::{self, LineSplitter};
 
 /// The unit of the fast path's copies. A copy rounds its length up to whole
@@ -28,28 +34,87 @@ pub const BLOCK: usize = 32;
 /// take the splitter's path, which also cuts those over the line limit.
 pub const FAST_LINE_MAX: usize = 4096;
 
-/// A daemon's `[name] ` prefix, kept padded with zeros to whole blocks so
-/// that it is copied as blocks too.
+/// A daemon line's frame: the bytes before each line, and for JSON the
+/// bytes after it and the escaping of the line itself. Both kept padded
+/// with zeros to whole blocks, so that they are copied as blocks too.
+///
+/// A frame that holds a time is rebuilt for each read ([`Prefix::rebuild`],
+/// or [`format::update_daemon_frame`]); the memory is reused.
 #[derive(Debug, Clone)]
 pub struct Prefix {
     /// The prefix and then zeros, `len.next_multiple_of(BLOCK)` bytes
     /// (at least one block).
     padded: Vec<u8>,
     len: usize,
+    /// JSON frames: the suffix, `\n`, then zeros, whole blocks; empty for
+    /// plain frames.
+    end_padded: Vec<u8>,
+    /// The suffix's length (0 for plain frames).
+    suffix_len: usize,
+    /// Each line is JSON-escaped (after invalid UTF-8 is replaced) and
+    /// followed by the suffix.
+    json: bool,
 }
 
 impl Prefix {
+    /// A plain frame: `text`, then the line with invalid UTF-8 replaced,
+    /// then `\n`.
     pub fn new(text: &[u8]) -> Prefix {
-        let mut padded = text.to_vec();
-        padded.resize(text.len().next_multiple_of(BLOCK).max(BLOCK), 0);
-        Prefix {
-            padded,
-            len: text.len(),
-        }
+        let mut p = Prefix {
+            padded: Vec::new(),
+            len: 0,
+            end_padded: Vec::new(),
+            suffix_len: 0,
+            json: false,
+        };
+        p.rebuild(|out| out.extend_from_slice(text));
+        p
     }
 
+    /// A JSON frame: `prefix`, then the line with invalid UTF-8 replaced
+    /// and escaped as [`format::json_escape`] does, then `suffix` and `\n`.
+    pub fn json(prefix: &[u8], suffix: &[u8]) -> Prefix {
+        let mut p = Prefix::new(prefix);
+        let mut end = suffix.to_vec();
+        end.push(b'\n');
+        end.resize(end.len().next_multiple_of(BLOCK), 0);
+        p.end_padded = end;
+        p.suffix_len = suffix.len();
+        p.json = true;
+        p
+    }
+
+    /// Replaces the prefix with what `write` appends to an empty `Vec`,
+    /// reusing the memory; the suffix and the escaping stay.
+    pub fn rebuild(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.padded.clear();
+        write(&mut self.padded);
+        self.len = self.padded.len();
+        self.padded
+            .resize(self.len.next_multiple_of(BLOCK).max(BLOCK), 0);
+    }
+
+    /// The bytes before each line.
     pub fn as_bytes(&self) -> &[u8] {
         &self.padded[..self.len]
+    }
+
+    /// The bytes after each line, before its `\n`.
+    pub fn suffix(&self) -> &[u8] {
+        &self.end_padded[..self.suffix_len]
+    }
+
+    /// Lines are JSON-escaped.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// The most bytes one framed line of at most `max` bytes takes: every
+    /// byte replaced by U+FFFD (3 bytes) in plain, escaped as `\u00XX`
+    /// (6 bytes) in JSON.
+    pub fn framed_max(&self, max: usize) -> usize {
+        let grow = if self.json { format::ESCAPE_MAX } else { 3 };
+        self.len + grow * max + self.suffix_len + 1
     }
 }
 
@@ -59,6 +124,16 @@ impl Prefix {
 /// moving the rest: the pending bytes are moved to the front only when
 /// the tail lacks room, which the spare memory (twice the nominal
 /// capacity) makes rare. Memory is touched only as it is used.
+///
+/// Memory bound: framing stops once `limit` bytes are pending (see
+/// [`frame_chunk`]), and one framed line may overshoot that, so at most
+/// `limit + Prefix::framed_max(max)` bytes are pending: the prefix, the
+/// line of at most `max` bytes grown by its worst expansion (3× for
+/// invalid UTF-8 in plain, 6× for control characters as `\u00XX` in
+/// JSON), the suffix and the newline. `mem` is `2 * capacity` plus a few
+/// KiB; it grows only to hold a line that does not fit there (a JSON line
+/// of control characters at a 64 KiB limit takes up to 384 KiB), and
+/// shrinks back once everything is written.
 #[derive(Debug)]
 pub struct FrameBuf {
     /// Invariant: `start <= end <= mem.len()`. Bytes past `end` are
@@ -125,7 +200,8 @@ impl FrameBuf {
 
     /// Appends `prefix`, `line` with invalid UTF-8 replaced by U+FFFD (as
     /// `String::from_utf8_lossy` does) and `\n`: what
-    /// [`lines::push_framed`] appends to a `Vec`.
+    /// [`lines::push_framed`] appends to a `Vec`. The same as
+    /// [`push_line`](Self::push_line) with a plain frame.
     pub fn push_framed(&mut self, prefix: &[u8], line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.as_bytes();
@@ -135,6 +211,29 @@ impl FrameBuf {
         dst[p..p + n].copy_from_slice(text);
         dst[p + n] = b'\n';
         self.end += p + n + 1;
+    }
+
+    /// Appends one line in `frame`: its prefix, `line` with invalid UTF-8
+    /// replaced by U+FFFD (as `String::from_utf8_lossy` does) and, in a
+    /// JSON frame, escaped (as [`format::json_escape`] does), its suffix
+    /// and `\n`. `line` should hold no `\n` (a JSON frame would escape it;
+    /// a plain one would give two lines). This is the frame of every line
+    /// [`frame_chunk`] gives to the splitter, and of the last unterminated
+    /// line at [`LineSplitter::finish`].
+    pub fn push_line(&mut self, frame: &Prefix, line: &[u8]) {
+        if !frame.json {
+            self.push_framed(frame.as_bytes(), line);
+            return;
+        }
+        let (p, s) = (frame.len, frame.suffix_len);
+        let n = format::escaped_len(line);
+        let dst = self.tail(p + n + s + 1);
+        dst[..p].copy_from_slice(frame.as_bytes());
+        let written = format::escape_lossy_into(&mut dst[p..p + n], line);
+        debug_assert_eq!(written, n);
+        dst[p + n..p + n + s].copy_from_slice(frame.suffix());
+        dst[p + n + s] = b'\n';
+        self.end += p + n + s + 1;
     }
 
     /// At least `n` bytes of room after `end`, moving the pending bytes to
@@ -160,13 +259,18 @@ impl FrameBuf {
     /// bytes of `src` it framed.
     ///
     /// Also stops before a line that is not valid UTF-8 (it needs
-    /// replacement characters). The bytes of `src` past `end` only ever land
+    /// replacement characters) and, with `JSON` (a JSON frame), before one
+    /// that needs escaping. The bytes of `src` past `end` only ever land
     /// in scratch memory.
-    fn frame_lines(
+    ///
+    /// `JSON` false is the plain path exactly as it was before JSON
+    /// existed: the line's own newline ends the framed line.
+    #[inline(always)]
+    fn frame_lines<const JSON: bool>(
         &mut self,
         src: &[u8],
         end: usize,
-        prefix: &Prefix,
+        frame: &Prefix,
         max: usize,
         limit: usize,
     ) -> usize {
@@ -177,10 +281,11 @@ impl FrameBuf {
             return 0;
         }
         let max = max.min(FAST_LINE_MAX);
-        let (plen, pblocks) = (prefix.len, prefix.padded.as_slice());
+        let (plen, pblocks) = (frame.len, frame.padded.as_slice());
+        let (slen, sblocks) = (frame.suffix_len, frame.end_padded.as_slice());
         // Room for `want` bytes and the one line that may overshoot them,
         // every copy rounded up to whole blocks.
-        self.tail(want + pblocks.len() + max + 1 + BLOCK);
+        self.tail(want + pblocks.len() + max + 1 + BLOCK + sblocks.len());
         let stop = self.end + want;
         let mut at = self.end;
         let mut pos = 0;
@@ -193,20 +298,35 @@ impl FrameBuf {
             let n = i + 1; // the line and its newline
             let span = n.next_multiple_of(BLOCK);
             // `span >= BLOCK` and `plen + BLOCK >= pblocks.len()`, so the
-            // prefix's blocks fit in `dst` too.
-            let (Some(from), Some(dst)) = (
-                src.get(pos..pos + span),
-                self.mem.get_mut(at..at + plen + span),
-            ) else {
+            // prefix's blocks fit in `dst` too; in JSON the suffix's blocks
+            // go where the line's newline was.
+            let room = if JSON {
+                plen + span.max(i + sblocks.len())
+            } else {
+                plen + span
+            };
+            let (Some(from), Some(dst)) =
+                (src.get(pos..pos + span), self.mem.get_mut(at..at + room))
+            else {
                 break;
             };
             copy_blocks(dst, pblocks);
-            let high = copy_blocks(&mut dst[plen..], from);
-            // A byte >= 0x80 in the blocks, maybe past the line: look closer.
-            if high != 0 && std::str::from_utf8(&src[pos..pos + i]).is_err() {
-                break;
+            if JSON {
+                let (high, escape) = copy_blocks_checked(&mut dst[plen..], from, i);
+                // A byte that needs escaping, or one >= 0x80: look closer.
+                if escape != 0 || high != 0 && std::str::from_utf8(&src[pos..pos + i]).is_err() {
+                    break;
+                }
+                copy_blocks(&mut dst[plen + i..], sblocks);
+                at += plen + i + slen + 1;
+            } else {
+                let high = copy_blocks(&mut dst[plen..], from);
+                // A byte >= 0x80 in the blocks, maybe past the line: look closer.
+                if high != 0 && std::str::from_utf8(&src[pos..pos + i]).is_err() {
+                    break;
+                }
+                at += plen + n;
             }
-            at += plen + n;
             pos += n;
         }
         self.end = at;
@@ -237,19 +357,75 @@ fn copy_blocks(dst: &mut [u8], src: &[u8]) -> u8 {
     any.iter().fold(0, |a, b| a | b) & 0x80
 }
 
+/// `MASKS[BLOCK - k..][..BLOCK]` keeps the first `k` bytes of a block.
+static MASKS: [u8; 2 * BLOCK] = {
+    let mut m = [0u8; 2 * BLOCK];
+    let mut i = 0;
+    while i < BLOCK {
+        m[i] = 0xff;
+        i += 1;
+    }
+    m
+};
+
+/// [`copy_blocks`] for a JSON line of `len` bytes (its newline and whatever
+/// follows it fill the rest of the last block): returns the OR of the high
+/// bits of the line's bytes, and the OR of flags of the bytes that need
+/// JSON escaping (`"`, `\`, below 0x20), both zero when there are none.
+/// Only the line counts: the last block is masked to its first bytes, so
+/// the newline and the bytes after it never raise a flag. No per-byte
+/// branch: byte-wise compares and ORs of whole blocks, vector instructions.
+#[inline(always)]
+fn copy_blocks_checked(dst: &mut [u8], src: &[u8], len: usize) -> (u8, u8) {
+    let last = src.len() - BLOCK;
+    debug_assert!(len >= last && len < src.len());
+    let mut high = [0u8; BLOCK];
+    let mut escape = [0u8; BLOCK];
+    let mut check = |block: &[u8; BLOCK], mask: &[u8; BLOCK]| {
+        for j in 0..BLOCK {
+            let b = block[j];
+            let e = (b < 0x20) | (b == b'"') | (b == b'\\');
+            high[j] |= b & mask[j];
+            escape[j] |= u8::from(e) & mask[j];
+        }
+    };
+    let (body, tail) = src.split_at(last);
+    for (d, s) in dst.chunks_exact_mut(BLOCK).zip(body.chunks_exact(BLOCK)) {
+        let block: &[u8; BLOCK] = s.try_into().expect("a whole block");
+        check(block, &[0xff; BLOCK]);
+        d.copy_from_slice(block);
+    }
+    let block: &[u8; BLOCK] = tail.try_into().expect("a whole block");
+    let keep = len - last;
+    let mask: &[u8; BLOCK] = MASKS[BLOCK - keep..][..BLOCK]
+        .try_into()
+        .expect("a whole block");
+    check(block, mask);
+    dst[last..last + BLOCK].copy_from_slice(block);
+    (
+        high.iter().fold(0, |a, b| a | b) & 0x80,
+        escape.iter().fold(0, |a, b| a | b),
+    )
+}
+
 /// Frames the chunk `src[..end]`, read from the daemon whose line state is
-/// `splitter`, into `out` while fewer than `limit` bytes are pending there
-/// (the last line may overshoot it). Returns how many bytes it framed; the
-/// caller feeds the rest later, and the lines are then those of one
-/// `splitter.feed` of everything.
+/// `splitter`, in `frame` into `out` while fewer than `limit` bytes are
+/// pending there (the last line may overshoot it, by at most
+/// `frame.framed_max(splitter.max())` bytes). Returns how many bytes it
+/// framed; the caller feeds the rest later, and the lines are then those of
+/// one `splitter.feed` of everything, each framed as
+/// [`FrameBuf::push_line`] frames it.
 ///
 /// `src` may extend past `end`: with [`BLOCK`] bytes of slack there, the
 /// fast path can frame the chunk's last line too. Those bytes never reach
 /// the output.
+///
+/// The frame may change between calls (a new time per read): each line is
+/// framed with the frame of the call that completes it.
 pub fn frame_chunk(
     splitter: &mut LineSplitter,
     out: &mut FrameBuf,
-    prefix: &Prefix,
+    frame: &Prefix,
     src: &[u8],
     end: usize,
     limit: usize,
@@ -257,7 +433,12 @@ pub fn frame_chunk(
     let mut pos = 0;
     while pos < end && out.len() < limit {
         if splitter.buffered() == 0 {
-            pos += out.frame_lines(&src[pos..], end - pos, prefix, splitter.max(), limit);
+            let (rest, len, max) = (&src[pos..], end - pos, splitter.max());
+            pos += if frame.json {
+                out.frame_lines::<true>(rest, len, frame, max, limit)
+            } else {
+                out.frame_lines::<false>(rest, len, frame, max, limit)
+            };
             if pos == end || out.len() >= limit {
                 break;
             }
@@ -265,7 +446,7 @@ pub fn frame_chunk(
         // The fast path stopped short of a line it does not take: the
         // splitter takes that one line, then the fast path goes on.
         pos += splitter.feed_until(&src[pos..end], |line| {
-            out.push_framed(prefix.as_bytes(), line);
+            out.push_line(frame, line);
             false
         });
     }
@@ -281,7 +462,8 @@ mod tests {
     /// each chunk, everything written whenever 64 bytes are pending).
     fn frame(name: &str, max: usize, input: &[u8], chunk: usize, slack: usize) -> Vec<u8> {
         let chunks: Vec<&[u8]> = input.chunks(chunk.max(1)).collect();
-        crate::props::frame_chunks(&format!("[{name}] "), max, &chunks, 64, slack, 0)
+        let frame = Prefix::new(format!("[{name}] ").as_bytes());
+        crate::props::frame_chunks(&[frame], max, &chunks, 64, slack, 0)
     }
 
     fn reference(name: &str, max: usize, input: &[u8]) -> Vec<u8> {
@@ -376,5 +558,156 @@ mod tests {
         let mut b = FrameBuf::new(8);
         b.push_framed(b"[a] ", b"ok \xff\xfe end");
         assert_eq!(b.pending(), "[a] ok \u{fffd}\u{fffd} end\n".as_bytes());
+    }
+
+    fn json_frame(name: &str) -> Prefix {
+        Prefix::json(
+            format!(r#"{{"time":"2026-12-01T09:00:00.123456Z","daemon":"{name}","line":""#)
+                .as_bytes(),
+            b"\"}",
+        )
+    }
+
+    fn json_reference(frame: &Prefix, max: usize, input: &[u8]) -> Vec<u8> {
+        let mut s = LineSplitter::new(max);
+        let mut out = FrameBuf::new(1 << 20);
+        s.feed(input, |l| out.push_line(frame, l));
+        s.finish(|l| out.push_line(frame, l));
+        out.pending().to_vec()
+    }
+
+    #[test]
+    fn json_matches_the_splitter_path_for_any_chunking_and_slack() {
+        let mut input = Vec::new();
+        for i in 0..300usize {
+            input.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, i % 97));
+            match i % 11 {
+                0 => input.extend_from_slice("é€😀".as_bytes()),
+                1 => input.push(b'"'),
+                2 => input.extend_from_slice(b"\\\t\x01\x7f"),
+                3 => input.push(0xff),
+                _ => {}
+            }
+            input.push(b'\n');
+        }
+        input.extend_from_slice(b"no newline at the end \"");
+        for name in ["d", "a-name-longer-than-one-block-of-32-bytes"] {
+            let frame = json_frame(name);
+            for max in [4, 50, 96, 4096] {
+                let want = json_reference(&frame, max, &input);
+                for chunk in [1, 7, 100, 333, 4096, input.len()] {
+                    for slack in [0, 5, BLOCK] {
+                        let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
+                        let got = crate::props::frame_chunks(
+                            std::slice::from_ref(&frame),
+                            max,
+                            &chunks,
+                            64,
+                            slack,
+                            0,
+                        );
+                        assert!(
+                            got == want,
+                            "name {name}, max {max}, chunk {chunk}, slack {slack}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_lines_are_escaped_and_suffixed() {
+        let frame = Prefix::json(b"<", b">");
+        let mut b = FrameBuf::new(64);
+        let mut s = LineSplitter::new(100);
+        let src = b"plain\nq\"uote\n\xff\n\ttab\nend\n";
+        let mut padded = src.to_vec();
+        padded.resize(src.len() + BLOCK, b'"');
+        assert_eq!(
+            frame_chunk(&mut s, &mut b, &frame, &padded, src.len(), 1000),
+            src.len()
+        );
+        assert_eq!(
+            b.pending(),
+            "<plain>\n<q\\\"uote>\n<\u{fffd}>\n<\\ttab>\n<end>\n".as_bytes()
+        );
+    }
+
+    /// The escape check looks at the line only: its newline, and what
+    /// follows in the last block, never send it off the fast path.
+    #[test]
+    fn the_fast_path_ignores_bytes_past_the_line() {
+        let frame = json_frame("d");
+        for len in 0..3 * BLOCK {
+            // Each line is followed by one that needs escaping.
+            let mut src = Vec::new();
+            for _ in 0..4 {
+                src.extend(std::iter::repeat_n(b'x', len));
+                src.extend_from_slice(b"\n\"\\\x01\xff\n");
+            }
+            let end = src.len();
+            src.resize(end + BLOCK, b'"');
+            let mut b = FrameBuf::new(1 << 16);
+            let used = b.frame_lines::<true>(&src, end, &frame, 4096, 1 << 16);
+            assert_eq!(
+                used,
+                len + 1,
+                "len {len}: the fast path took the first line only"
+            );
+            let mut want = frame.as_bytes().to_vec();
+            want.extend(std::iter::repeat_n(b'x', len));
+            want.extend_from_slice(b"\"}\n");
+            assert_eq!(b.pending(), want, "len {len}");
+        }
+    }
+
+    #[test]
+    fn copy_blocks_checked_flags_only_the_lines_bytes() {
+        for blocks in 1..=3 {
+            let size = blocks * BLOCK;
+            for len in size - BLOCK..size {
+                for (special, escape, high) in [
+                    (b'"', true, false),
+                    (b'\\', true, false),
+                    (0x1f, true, false),
+                    (0x80, false, true),
+                ] {
+                    for at in 0..size {
+                        let mut src = vec![b'a'; size];
+                        src[at] = special;
+                        let mut dst = vec![0; size];
+                        let (h, e) = copy_blocks_checked(&mut dst, &src, len);
+                        assert_eq!(dst, src);
+                        let inside = at < len;
+                        assert_eq!(e != 0, escape && inside, "{special:#x} at {at}, len {len}");
+                        assert_eq!(h != 0, high && inside, "{special:#x} at {at}, len {len}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_is_rebuilt_in_place() {
+        let mut frame = Prefix::json(b"{\"line\":\"", b"\"}");
+        let before = frame.padded.as_ptr();
+        frame.rebuild(|out| out.extend_from_slice(b"<<"));
+        assert_eq!(frame.as_bytes(), b"<<");
+        assert_eq!(frame.padded.len(), BLOCK);
+        assert_eq!(frame.padded.as_ptr(), before, "no new allocation");
+        assert_eq!(frame.suffix(), b"\"}");
+        assert!(frame.is_json());
+        assert_eq!(frame.framed_max(10), 2 + 60 + 2 + 1);
+        assert_eq!(Prefix::new(b"[a] ").framed_max(10), 4 + 30 + 1);
+    }
+
+    #[test]
+    fn a_json_line_of_control_bytes_grows_sixfold() {
+        let frame = Prefix::json(b"<", b">");
+        let mut b = FrameBuf::new(8);
+        b.push_line(&frame, &[1; 100]);
+        assert_eq!(b.len(), frame.framed_max(100));
+        assert_eq!(&b.pending()[..7], b"<\\u0001");
     }
 }
