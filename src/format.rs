@@ -339,6 +339,13 @@ pub const ESCAPE_MAX: usize = 6;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The room escaping `len` bytes may take, with the 16 bytes of scratch the
+/// escaping's fixed-size copies may write past what it writes (see
+/// [`escape_valid_into`]).
+pub(crate) const fn escape_room(len: usize) -> usize {
+    ESCAPE_MAX * len + RUN
+}
+
 /// Appends `bytes` as the inside of a JSON string: invalid UTF-8 replaced
 /// by U+FFFD exactly as `String::from_utf8_lossy` does, then `"` and `\`
 /// escaped with a backslash, `\n` `\r` `\t` backspace and form feed as
@@ -352,33 +359,19 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// ```
 pub fn json_escape(out: &mut Vec<u8>, bytes: &[u8]) {
     let old = out.len();
-    let n = escaped_len(bytes);
-    out.resize(old + n, 0);
-    let written = escape_lossy_into(&mut out[old..], bytes);
-    debug_assert_eq!(written, n);
+    out.resize(old + escape_room(bytes.len()), 0);
+    let n = escape_lossy_into(&mut out[old..], bytes);
+    out.truncate(old + n);
 }
 
-/// How many bytes [`json_escape`] makes of `bytes`.
-pub(crate) fn escaped_len(bytes: &[u8]) -> usize {
-    let mut n = 0;
-    for chunk in bytes.utf8_chunks() {
-        for &b in chunk.valid().as_bytes() {
-            n += match ESCAPE[b as usize] {
-                0 => 1,
-                b'u' => ESCAPE_MAX,
-                _ => 2,
-            };
-        }
-        if !chunk.invalid().is_empty() {
-            n += '\u{fffd}'.len_utf8();
-        }
-    }
-    n
-}
-
-/// Writes what [`json_escape`] appends to the start of `dst` (which has
-/// room for [`escaped_len`] bytes); returns how many bytes it wrote.
+/// Writes what [`json_escape`] appends to the start of `dst`, which has
+/// [`escape_room`] for `bytes` (an invalid byte takes at most 3, the
+/// U+FFFD that replaces it); returns how many bytes it wrote. Bytes of
+/// `dst` past those may be overwritten.
 pub(crate) fn escape_lossy_into(dst: &mut [u8], bytes: &[u8]) -> usize {
+    if std::str::from_utf8(bytes).is_ok() {
+        return escape_valid_into(dst, bytes);
+    }
     let mut at = 0;
     // `from_utf8_lossy` is built on `utf8_chunks`: one U+FFFD per invalid
     // sequence, the same here.
@@ -392,37 +385,116 @@ pub(crate) fn escape_lossy_into(dst: &mut [u8], bytes: &[u8]) -> usize {
     at
 }
 
+/// The width of the runs [`escape_valid_into`] checks and copies whole.
+const RUN: usize = 16;
+
+/// 0xff for a byte that needs escaping (below 0x20, `"`, `\`), else 0:
+/// compares the compiler turns into vector instructions over a run.
+#[inline(always)]
+fn escape_flag(b: u8) -> u8 {
+    0u8.wrapping_sub(u8::from((b < 0x20) | (b == b'"') | (b == b'\\')))
+}
+
 /// Writes `text` (valid UTF-8) escaped to the start of `dst`, which has
-/// room for its escaped length (at most [`ESCAPE_MAX`] times its own);
-/// returns how many bytes it wrote.
-#[inline]
+/// [`escape_room`] for it; returns how many bytes it wrote (bytes past
+/// those may be overwritten).
+///
+/// Works in runs of 16 bytes: one vector test per run, and a run without
+/// a byte to escape is one fixed-size copy. In a run with some, the bytes
+/// between two escapes go out as one fixed-size copy too (of 16 bytes,
+/// the next copy or escape overwriting what is past them), so the cost is
+/// per escape, not per byte.
 pub(crate) fn escape_valid_into(dst: &mut [u8], text: &[u8]) -> usize {
     let mut at = 0;
-    for &b in text {
-        match ESCAPE[b as usize] {
-            0 => {
-                dst[at] = b;
-                at += 1;
-            }
-            b'u' => {
-                dst[at..at + ESCAPE_MAX].copy_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 15)],
-                ]);
-                at += ESCAPE_MAX;
-            }
-            letter => {
-                dst[at] = b'\\';
-                dst[at + 1] = letter;
-                at += 2;
+    let mut runs = text.chunks_exact(RUN);
+    for run in &mut runs {
+        let run: &[u8; RUN] = run.try_into().expect("a whole run");
+        let mut flags = [0u8; RUN];
+        for (f, &b) in flags.iter_mut().zip(run) {
+            *f = escape_flag(b);
+        }
+        if flags.iter().fold(0, |a, &f| a | f) == 0 {
+            dst[at..at + RUN].copy_from_slice(run);
+            at += RUN;
+        } else {
+            at += escape_run(&mut dst[at..], run, 0, RUN);
+        }
+    }
+    let rest = runs.remainder();
+    if let Some(last) = text.len().checked_sub(RUN).filter(|_| !rest.is_empty()) {
+        // The last run, overlapping the one before: only its new bytes.
+        let run: &[u8; RUN] = text[last..].try_into().expect("a whole run");
+        at += escape_run(&mut dst[at..], run, RUN - rest.len(), RUN);
+    } else if !rest.is_empty() {
+        // Shorter than a run: padded with bytes that need no escaping.
+        let mut run = [b' '; RUN];
+        run[..rest.len()].copy_from_slice(rest);
+        at += escape_run(&mut dst[at..], &run, 0, rest.len());
+    }
+    at
+}
+
+/// Writes bytes `skip..len` of `run` escaped to the start of `dst` (room
+/// for `escape_room(RUN)`); returns how many bytes it wrote.
+#[inline(always)]
+fn escape_run(dst: &mut [u8], run: &[u8; RUN], skip: usize, len: usize) -> usize {
+    // The run and zeros, so that any tail of it is a fixed-size copy.
+    let mut ext = [0u8; 2 * RUN];
+    ext[..RUN].copy_from_slice(run);
+    let (mut at, mut start) = (0, skip);
+    for (half, word) in run.chunks_exact(8).enumerate() {
+        let mut bits = escape_bits(u64::from_le_bytes(word.try_into().expect("eight bytes")));
+        // Not the skipped bytes.
+        let skipped = skip.saturating_sub(8 * half).min(8) as u32;
+        bits &= u64::MAX.checked_shl(8 * skipped).unwrap_or(0);
+        while bits != 0 {
+            let j = 8 * half + bits.trailing_zeros() as usize / 8;
+            bits &= bits - 1;
+            // The bytes before this escape, and scratch after them.
+            dst[at..at + RUN].copy_from_slice(&ext[start..start + RUN]);
+            at += j - start;
+            start = j + 1;
+            let b = run[j];
+            match ESCAPE[b as usize] {
+                b'u' => {
+                    dst[at..at + ESCAPE_MAX].copy_from_slice(&[
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 15)],
+                    ]);
+                    at += ESCAPE_MAX;
+                }
+                letter => {
+                    dst[at..at + 2].copy_from_slice(&[b'\\', letter]);
+                    at += 2;
+                }
             }
         }
     }
-    at
+    dst[at..at + RUN].copy_from_slice(&ext[start..start + RUN]);
+    at + len.saturating_sub(start)
+}
+
+/// The high bit of each byte of a word.
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+const LOW7S: u64 = u64::from_ne_bytes([0x7f; 8]);
+
+/// Bit 8k + 7 set for each byte k of `word` (little-endian) that needs
+/// escaping, exactly: the sums below never carry from one byte into the
+/// next, unlike the usual subtraction test for a zero byte, whose flags
+/// above the lowest may be false.
+#[inline(always)]
+fn escape_bits(word: u64) -> u64 {
+    // High bit clear exactly when the byte is zero: (y & 0x7f) + 0x7f
+    // reaches 0x80 for any other low part, y itself for a high one.
+    let zero = |y: u64| !(((y & LOW7S) + LOW7S) | y) & HIGHS;
+    let ones = |b: u8| u64::from_ne_bytes([b; 8]);
+    // Below 0x20: (b & 0x7f) + 0x60 stays below 0x80, and b has no high bit.
+    let below_space = !(((word & LOW7S) + ones(0x60)) | word) & HIGHS;
+    below_space | zero(word ^ ones(b'"')) | zero(word ^ ones(b'\\'))
 }
 
 #[cfg(test)]
@@ -687,7 +759,7 @@ mod tests {
     fn escaped(bytes: &[u8]) -> String {
         let mut out = b"<".to_vec();
         json_escape(&mut out, bytes);
-        assert_eq!(out.len(), 1 + escaped_len(bytes));
+        assert_eq!(&out[..1], b"<");
         String::from_utf8(out[1..].to_vec()).unwrap()
     }
 
@@ -700,6 +772,25 @@ mod tests {
         assert_eq!(escaped(b"\x00\x01\x1b\x1f"), r#"\u0000\u0001\u001b\u001f"#);
         assert_eq!(escaped(b"\x7f \x20"), "\x7f  ");
         assert_eq!(escaped("é€😀".as_bytes()), "é€😀");
+    }
+
+    #[test]
+    fn long_runs_escape_wherever_the_special_byte_is() {
+        for len in [15, 16, 17, 31, 32, 33, 47, 100] {
+            for at in 0..len {
+                for special in [b'"', b'\\', b'\n', 0x01, 0x1f, 0xff] {
+                    let mut bytes = vec![b'x'; len];
+                    bytes[at] = special;
+                    let want = String::from_utf8_lossy(&bytes)
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n")
+                        .replace('\u{1}', "\\u0001")
+                        .replace('\u{1f}', "\\u001f");
+                    assert_eq!(escaped(&bytes), want, "{special:#x} at {at} of {len}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -737,7 +828,19 @@ mod tests {
             };
             assert_eq!(got, want, "byte {b:#x}");
             assert_eq!(ESCAPE[b as usize] != 0, got.len() > 1, "byte {b:#x}");
+            assert_eq!(escape_flag(b) != 0, got.len() > 1, "byte {b:#x}");
+            let bits = escape_bits(u64::from_le_bytes([b'a', b, b'a', b, b, 0x7f, 0xff, b]));
+            let want = if got.len() > 1 {
+                0x8000_0080_8000_8000
+            } else {
+                0
+            };
+            assert_eq!(bits, want, "byte {b:#x} in a word");
         }
         assert!(ESCAPE[0x80..].iter().all(|&e| e == 0));
+        assert!((0x80..=0xff).all(|b| escape_flag(b) == 0));
+        for b in 0x80..=0xffu8 {
+            assert_eq!(escape_bits(u64::from_ne_bytes([b; 8])), 0, "{b:#x}");
+        }
     }
 }

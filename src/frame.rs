@@ -130,10 +130,11 @@ impl Prefix {
 /// `limit + Prefix::framed_max(max)` bytes are pending: the prefix, the
 /// line of at most `max` bytes grown by its worst expansion (3× for
 /// invalid UTF-8 in plain, 6× for control characters as `\u00XX` in
-/// JSON), the suffix and the newline. `mem` is `2 * capacity` plus a few
-/// KiB; it grows only to hold a line that does not fit there (a JSON line
-/// of control characters at a 64 KiB limit takes up to 384 KiB), and
-/// shrinks back once everything is written.
+/// JSON), the suffix and the newline. `mem` is `2 * capacity` plus 24 KiB
+/// (room for the fast path to escape a line in place); it grows only to
+/// hold a line that does not fit there (a JSON line of control characters
+/// at a 64 KiB limit takes up to 384 KiB), and shrinks back once
+/// everything is written.
 #[derive(Debug)]
 pub struct FrameBuf {
     /// Invariant: `start <= end <= mem.len()`. Bytes past `end` are
@@ -151,7 +152,7 @@ impl FrameBuf {
     pub fn new(capacity: usize) -> FrameBuf {
         // Zeroed memory comes straight from the kernel: untouched pages
         // cost no RSS.
-        let base = 2 * capacity + FAST_LINE_MAX + 4 * BLOCK;
+        let base = 2 * capacity + format::ESCAPE_MAX * FAST_LINE_MAX + 4 * BLOCK;
         FrameBuf {
             mem: vec![0; base],
             start: 0,
@@ -226,11 +227,10 @@ impl FrameBuf {
             return;
         }
         let (p, s) = (frame.len, frame.suffix_len);
-        let n = format::escaped_len(line);
-        let dst = self.tail(p + n + s + 1);
+        // Room for the worst case; only what is written is pending.
+        let dst = self.tail(p + format::escape_room(line.len()) + s + 1);
         dst[..p].copy_from_slice(frame.as_bytes());
-        let written = format::escape_lossy_into(&mut dst[p..p + n], line);
-        debug_assert_eq!(written, n);
+        let n = format::escape_lossy_into(&mut dst[p..], line);
         dst[p + n..p + n + s].copy_from_slice(frame.suffix());
         dst[p + n + s] = b'\n';
         self.end += p + n + s + 1;
@@ -259,18 +259,17 @@ impl FrameBuf {
     /// bytes of `src` it framed.
     ///
     /// Also stops before a line that is not valid UTF-8 (it needs
-    /// replacement characters) and, with `JSON` (a JSON frame), before one
-    /// that needs escaping. The bytes of `src` past `end` only ever land
+    /// replacement characters). The bytes of `src` past `end` only ever land
     /// in scratch memory.
     ///
-    /// `JSON` false is the plain path exactly as it was before JSON
-    /// existed: the line's own newline ends the framed line.
-    #[inline(always)]
-    fn frame_lines<const JSON: bool>(
+    /// For plain frames; [`frame_json_lines`](Self::frame_json_lines) is
+    /// its JSON twin.
+    #[inline(never)]
+    fn frame_lines(
         &mut self,
         src: &[u8],
         end: usize,
-        frame: &Prefix,
+        prefix: &Prefix,
         max: usize,
         limit: usize,
     ) -> usize {
@@ -281,11 +280,10 @@ impl FrameBuf {
             return 0;
         }
         let max = max.min(FAST_LINE_MAX);
-        let (plen, pblocks) = (frame.len, frame.padded.as_slice());
-        let (slen, sblocks) = (frame.suffix_len, frame.end_padded.as_slice());
+        let (plen, pblocks) = (prefix.len, prefix.padded.as_slice());
         // Room for `want` bytes and the one line that may overshoot them,
         // every copy rounded up to whole blocks.
-        self.tail(want + pblocks.len() + max + 1 + BLOCK + sblocks.len());
+        self.tail(want + pblocks.len() + max + 1 + BLOCK);
         let stop = self.end + want;
         let mut at = self.end;
         let mut pos = 0;
@@ -298,36 +296,113 @@ impl FrameBuf {
             let n = i + 1; // the line and its newline
             let span = n.next_multiple_of(BLOCK);
             // `span >= BLOCK` and `plen + BLOCK >= pblocks.len()`, so the
-            // prefix's blocks fit in `dst` too; in JSON the suffix's blocks
-            // go where the line's newline was.
-            let room = if JSON {
-                plen + span.max(i + sblocks.len())
-            } else {
-                plen + span
-            };
-            let (Some(from), Some(dst)) =
-                (src.get(pos..pos + span), self.mem.get_mut(at..at + room))
-            else {
+            // prefix's blocks fit in `dst` too.
+            let (Some(from), Some(dst)) = (
+                src.get(pos..pos + span),
+                self.mem.get_mut(at..at + plen + span),
+            ) else {
                 break;
             };
-            copy_blocks(dst, pblocks);
-            if JSON {
-                let (high, escape) = copy_blocks_checked(&mut dst[plen..], from, i);
-                // A byte that needs escaping, or one >= 0x80: look closer.
-                if escape != 0 || high != 0 && std::str::from_utf8(&src[pos..pos + i]).is_err() {
-                    break;
-                }
-                copy_blocks(&mut dst[plen + i..], sblocks);
-                at += plen + i + slen + 1;
-            } else {
-                let high = copy_blocks(&mut dst[plen..], from);
-                // A byte >= 0x80 in the blocks, maybe past the line: look closer.
-                if high != 0 && std::str::from_utf8(&src[pos..pos + i]).is_err() {
-                    break;
-                }
-                at += plen + n;
+            copy_frame_blocks(dst, pblocks);
+            let high = copy_blocks(&mut dst[plen..], from);
+            // A byte >= 0x80 in the blocks, maybe past the line: look closer.
+            if high && std::str::from_utf8(&src[pos..pos + i]).is_err() {
+                break;
             }
+            at += plen + n;
             pos += n;
+        }
+        self.end = at;
+        pos
+    }
+
+    /// [`frame_lines`](Self::frame_lines) for a JSON frame: the same
+    /// contract, each line escaped and followed by the frame's suffix.
+    ///
+    /// The newline search is fused with the copy: block by block, the line
+    /// is copied while its bytes are compared with `\n` and flagged if
+    /// [`unusual`] (all vector instructions, one branch per block, on
+    /// whether the block holds a newline). Only the flagged bytes before
+    /// the newline count. A line without flags is framed as copied; a
+    /// flagged one that is valid UTF-8 is escaped into place (if it only
+    /// has non-ASCII characters, that copies it again); one that is not
+    /// stops the fast path.
+    #[inline(never)]
+    fn frame_json_lines(
+        &mut self,
+        src: &[u8],
+        end: usize,
+        frame: &Prefix,
+        max: usize,
+        limit: usize,
+    ) -> usize {
+        let want = limit.saturating_sub(self.len()).min(self.base);
+        if want == 0 {
+            return 0;
+        }
+        let max = max.min(FAST_LINE_MAX);
+        let (plen, pblocks) = (frame.len, frame.padded.as_slice());
+        let (slen, sblocks) = (frame.suffix_len, frame.end_padded.as_slice());
+        // A line's room: its blocks (up to one past `max`) or its escaped
+        // bytes, then the suffix's blocks.
+        let line_room = format::escape_room(max).max(max + BLOCK) + sblocks.len();
+        self.tail(want + pblocks.len() + line_room);
+        let stop = self.end + want;
+        let mut at = self.end;
+        let mut pos = 0;
+        while at < stop {
+            let Some(dst) = self.mem.get_mut(at..at + plen + line_room) else {
+                break;
+            };
+            copy_frame_blocks(dst, pblocks);
+            let out = &mut dst[plen..];
+            // The blocks that may hold the newline of a line of at most
+            // `max` bytes, as far as `src` goes.
+            let blocks = (max / BLOCK + 1).min((src.len() - pos) / BLOCK);
+            let window = &src[pos..pos + blocks * BLOCK];
+            let mut flags = [0u8; BLOCK];
+            let mut newline = None;
+            for (k, (from, to)) in window
+                .chunks_exact(BLOCK)
+                .zip(out.chunks_exact_mut(BLOCK))
+                .enumerate()
+            {
+                let block: &[u8; BLOCK] = from.try_into().expect("a whole block");
+                to.copy_from_slice(block);
+                if let Some(j) = find_newline_in(block) {
+                    // Only the line's bytes count, not the newline or what
+                    // follows it.
+                    let mask = &MASKS[BLOCK - j..][..BLOCK];
+                    for ((f, &b), &m) in flags.iter_mut().zip(block).zip(mask) {
+                        *f |= unusual(b) & m;
+                    }
+                    newline = Some(k * BLOCK + j);
+                    break;
+                }
+                for (f, &b) in flags.iter_mut().zip(block) {
+                    *f |= unusual(b);
+                }
+            }
+            // No newline (a line too long, or the unterminated rest), or
+            // one past the chunk, in the slack, or too far.
+            let Some(i) = newline.filter(|&i| i <= max && pos + i < end) else {
+                break;
+            };
+            let line = &src[pos..pos + i];
+            let mut len = i; // of the line as framed
+            if any(&flags) {
+                // A byte >= 0x80, < 0x20 or `"` or `\`: look closer.
+                // (An OR of all the bytes is quicker than `is_ascii`'s
+                // early exit on lines this short.)
+                let ascii = line.iter().fold(0, |a, &b| a | b) < 0x80;
+                if !ascii && std::str::from_utf8(line).is_err() {
+                    break;
+                }
+                len = format::escape_valid_into(out, line);
+            }
+            copy_frame_blocks(&mut out[len..], sblocks);
+            at += plen + len + slen + 1;
+            pos += i + 1;
         }
         self.end = at;
         pos
@@ -335,8 +410,8 @@ impl FrameBuf {
 }
 
 /// Copies the whole blocks of `src` to the start of `dst` (`src.len()` is
-/// a multiple of [`BLOCK`]) and returns the OR of their bytes' high bits:
-/// zero if every byte copied is ASCII.
+/// a multiple of [`BLOCK`]) and returns whether any byte copied is not
+/// ASCII (has its high bit set).
 ///
 /// The copies are fixed-size ones the compiler inlines. A plain copy loop
 /// would be turned into a call to the C library's memcpy, and musl's, in
@@ -344,7 +419,7 @@ impl FrameBuf {
 /// the ASCII check that reads each block keeps the loop a loop, and spares
 /// a separate pass over the bytes.
 #[inline(always)]
-fn copy_blocks(dst: &mut [u8], src: &[u8]) -> u8 {
+fn copy_blocks(dst: &mut [u8], src: &[u8]) -> bool {
     // Byte-wise ORs of whole blocks: vector instructions, like the copies.
     let mut any = [0u8; BLOCK];
     for (d, s) in dst.chunks_exact_mut(BLOCK).zip(src.chunks_exact(BLOCK)) {
@@ -354,7 +429,26 @@ fn copy_blocks(dst: &mut [u8], src: &[u8]) -> u8 {
         }
         d.copy_from_slice(block);
     }
-    any.iter().fold(0, |a, b| a | b) & 0x80
+    // Tested as signed bytes: one mask of the sign bits.
+    any.iter().any(|&b| (b as i8) < 0)
+}
+
+/// Copies a frame's padded prefix or suffix (whole blocks) to the start of
+/// `dst`: [`copy_blocks`], with the usual one- and two-block sizes (a
+/// `[name] ` prefix, one with a timestamp or the start of a JSON object)
+/// as straight copies rather than a loop.
+#[inline(always)]
+fn copy_frame_blocks(dst: &mut [u8], blocks: &[u8]) {
+    if let (Ok(two), Some(to)) = (
+        <&[u8; 2 * BLOCK]>::try_from(blocks),
+        dst.get_mut(..2 * BLOCK),
+    ) {
+        to.copy_from_slice(two);
+    } else if let (Ok(one), Some(to)) = (<&[u8; BLOCK]>::try_from(blocks), dst.get_mut(..BLOCK)) {
+        to.copy_from_slice(one);
+    } else {
+        copy_blocks(dst, blocks);
+    }
 }
 
 /// `MASKS[BLOCK - k..][..BLOCK]` keeps the first `k` bytes of a block.
@@ -368,44 +462,38 @@ static MASKS: [u8; 2 * BLOCK] = {
     m
 };
 
-/// [`copy_blocks`] for a JSON line of `len` bytes (its newline and whatever
-/// follows it fill the rest of the last block): returns the OR of the high
-/// bits of the line's bytes, and the OR of flags of the bytes that need
-/// JSON escaping (`"`, `\`, below 0x20), both zero when there are none.
-/// Only the line counts: the last block is masked to its first bytes, so
-/// the newline and the bytes after it never raise a flag. No per-byte
-/// branch: byte-wise compares and ORs of whole blocks, vector instructions.
+/// 0xff for a byte a JSON line cannot take as it is, or that may start a
+/// character that is not valid UTF-8: below 0x20 or from 0x80 (one signed
+/// compare), `"` and `\`. 0 for the others.
 #[inline(always)]
-fn copy_blocks_checked(dst: &mut [u8], src: &[u8], len: usize) -> (u8, u8) {
-    let last = src.len() - BLOCK;
-    debug_assert!(len >= last && len < src.len());
-    let mut high = [0u8; BLOCK];
-    let mut escape = [0u8; BLOCK];
-    let mut check = |block: &[u8; BLOCK], mask: &[u8; BLOCK]| {
-        for j in 0..BLOCK {
-            let b = block[j];
-            let e = (b < 0x20) | (b == b'"') | (b == b'\\');
-            high[j] |= b & mask[j];
-            escape[j] |= u8::from(e) & mask[j];
-        }
-    };
-    let (body, tail) = src.split_at(last);
-    for (d, s) in dst.chunks_exact_mut(BLOCK).zip(body.chunks_exact(BLOCK)) {
-        let block: &[u8; BLOCK] = s.try_into().expect("a whole block");
-        check(block, &[0xff; BLOCK]);
-        d.copy_from_slice(block);
+fn unusual(b: u8) -> u8 {
+    0u8.wrapping_sub(u8::from(((b as i8) < 0x20) | (b == b'"') | (b == b'\\')))
+}
+
+/// Whether any byte of `flags` is not zero. (An OR of the bytes tested
+/// against zero: the compiler makes it a vector OR, compare and mask test.)
+#[inline(always)]
+fn any(flags: &[u8; BLOCK]) -> bool {
+    flags.iter().fold(0, |a, &f| a | f) != 0
+}
+
+/// The index of the first `\n` in `block`. Whether there is one is a
+/// vector compare and a mask test; only when there is one (once per line),
+/// where it is: the classic test for a zero byte in each 64-bit word, whose
+/// lowest flag is exact.
+#[inline(always)]
+fn find_newline_in(block: &[u8; BLOCK]) -> Option<usize> {
+    let newline = |b: u8| 0u8.wrapping_sub(u8::from(b == b'\n'));
+    if block.iter().fold(0, |a, &b| a | newline(b)) == 0 {
+        return None;
     }
-    let block: &[u8; BLOCK] = tail.try_into().expect("a whole block");
-    let keep = len - last;
-    let mask: &[u8; BLOCK] = MASKS[BLOCK - keep..][..BLOCK]
-        .try_into()
-        .expect("a whole block");
-    check(block, mask);
-    dst[last..last + BLOCK].copy_from_slice(block);
-    (
-        high.iter().fold(0, |a, b| a | b) & 0x80,
-        escape.iter().fold(0, |a, b| a | b),
-    )
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    block.chunks_exact(8).enumerate().find_map(|(w, word)| {
+        let x = u64::from_le_bytes(word.try_into().expect("eight bytes")) ^ (ONES * 0x0a);
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        (zero != 0).then(|| 8 * w + zero.trailing_zeros() as usize / 8)
+    })
 }
 
 /// Frames the chunk `src[..end]`, read from the daemon whose line state is
@@ -435,9 +523,9 @@ pub fn frame_chunk(
         if splitter.buffered() == 0 {
             let (rest, len, max) = (&src[pos..], end - pos, splitter.max());
             pos += if frame.json {
-                out.frame_lines::<true>(rest, len, frame, max, limit)
+                out.frame_json_lines(rest, len, frame, max, limit)
             } else {
-                out.frame_lines::<false>(rest, len, frame, max, limit)
+                out.frame_lines(rest, len, frame, max, limit)
             };
             if pos == end || out.len() >= limit {
                 break;
@@ -640,7 +728,7 @@ mod tests {
     fn the_fast_path_ignores_bytes_past_the_line() {
         let frame = json_frame("d");
         for len in 0..3 * BLOCK {
-            // Each line is followed by one that needs escaping.
+            // Each line is followed by one the fast path does not take.
             let mut src = Vec::new();
             for _ in 0..4 {
                 src.extend(std::iter::repeat_n(b'x', len));
@@ -649,7 +737,7 @@ mod tests {
             let end = src.len();
             src.resize(end + BLOCK, b'"');
             let mut b = FrameBuf::new(1 << 16);
-            let used = b.frame_lines::<true>(&src, end, &frame, 4096, 1 << 16);
+            let used = b.frame_json_lines(&src, end, &frame, 4096, 1 << 16);
             assert_eq!(
                 used,
                 len + 1,
@@ -663,28 +751,23 @@ mod tests {
     }
 
     #[test]
-    fn copy_blocks_checked_flags_only_the_lines_bytes() {
-        for blocks in 1..=3 {
-            let size = blocks * BLOCK;
-            for len in size - BLOCK..size {
-                for (special, escape, high) in [
-                    (b'"', true, false),
-                    (b'\\', true, false),
-                    (0x1f, true, false),
-                    (0x80, false, true),
-                ] {
-                    for at in 0..size {
-                        let mut src = vec![b'a'; size];
-                        src[at] = special;
-                        let mut dst = vec![0; size];
-                        let (h, e) = copy_blocks_checked(&mut dst, &src, len);
-                        assert_eq!(dst, src);
-                        let inside = at < len;
-                        assert_eq!(e != 0, escape && inside, "{special:#x} at {at}, len {len}");
-                        assert_eq!(h != 0, high && inside, "{special:#x} at {at}, len {len}");
-                    }
-                }
-            }
+    fn unusual_bytes_and_newlines_are_found() {
+        for b in 0..=255u8 {
+            let plain = (0x20..0x80).contains(&b) && b != b'"' && b != b'\\';
+            assert_eq!(unusual(b) == 0, plain, "{b:#x}");
+        }
+        let mut flags = [0u8; BLOCK];
+        assert!(!any(&flags));
+        for j in 0..BLOCK {
+            flags = [0; BLOCK];
+            flags[j] = 0xff;
+            assert!(any(&flags), "{j}");
+            let mut block = [b'a'; BLOCK];
+            assert_eq!(find_newline_in(&block), None);
+            block[j] = b'\n';
+            assert_eq!(find_newline_in(&block), Some(j));
+            block[BLOCK - 1] = b'\n';
+            assert_eq!(find_newline_in(&block), Some(j));
         }
     }
 
