@@ -263,9 +263,11 @@ impl FrameBuf {
     /// in scratch memory.
     ///
     /// For plain frames; [`frame_json_lines`](Self::frame_json_lines) is
-    /// its JSON twin.
+    /// its JSON twin. `P`, when not 0, is the prefix's length in blocks,
+    /// known at compile time (the usual prefixes get a copy of this
+    /// function of their own, with a straight copy of the prefix).
     #[inline(never)]
-    fn frame_lines(
+    fn frame_lines<const P: usize>(
         &mut self,
         src: &[u8],
         end: usize,
@@ -303,7 +305,7 @@ impl FrameBuf {
             ) else {
                 break;
             };
-            copy_frame_blocks(dst, pblocks);
+            copy_sized_blocks::<P>(dst, pblocks);
             let high = copy_blocks(&mut dst[plen..], from);
             // A byte >= 0x80 in the blocks, maybe past the line: look closer.
             if high && std::str::from_utf8(&src[pos..pos + i]).is_err() {
@@ -327,8 +329,12 @@ impl FrameBuf {
     /// flagged one that is valid UTF-8 is escaped into place (if it only
     /// has non-ASCII characters, that copies it again); one that is not
     /// stops the fast path.
+    ///
+    /// `P` and `S`, when not 0, are the prefix's and the suffix's length in
+    /// blocks, known at compile time (the usual frames get a copy of this
+    /// function of their own, with straight copies and no size checks).
     #[inline(never)]
-    fn frame_json_lines(
+    fn frame_json_lines<const P: usize, const S: usize>(
         &mut self,
         src: &[u8],
         end: usize,
@@ -354,7 +360,7 @@ impl FrameBuf {
             let Some(dst) = self.mem.get_mut(at..at + plen + line_room) else {
                 break;
             };
-            copy_frame_blocks(dst, pblocks);
+            copy_sized_blocks::<P>(dst, pblocks);
             let out = &mut dst[plen..];
             // The blocks that may hold the newline of a line of at most
             // `max` bytes, as far as `src` goes.
@@ -400,7 +406,7 @@ impl FrameBuf {
                 }
                 len = format::escape_valid_into(out, line);
             }
-            copy_frame_blocks(&mut out[len..], sblocks);
+            copy_sized_blocks::<S>(&mut out[len..], sblocks);
             at += plen + len + slen + 1;
             pos += i + 1;
         }
@@ -433,21 +439,14 @@ fn copy_blocks(dst: &mut [u8], src: &[u8]) -> bool {
     any.iter().any(|&b| (b as i8) < 0)
 }
 
-/// Copies a frame's padded prefix or suffix (whole blocks) to the start of
-/// `dst`: [`copy_blocks`], with the usual one- and two-block sizes (a
-/// `[name] ` prefix, one with a timestamp or the start of a JSON object)
-/// as straight copies rather than a loop.
+/// [`copy_blocks`] of `N` blocks (straight copies), or of any number when
+/// `N` is 0.
 #[inline(always)]
-fn copy_frame_blocks(dst: &mut [u8], blocks: &[u8]) {
-    if let (Ok(two), Some(to)) = (
-        <&[u8; 2 * BLOCK]>::try_from(blocks),
-        dst.get_mut(..2 * BLOCK),
-    ) {
-        to.copy_from_slice(two);
-    } else if let (Ok(one), Some(to)) = (<&[u8; BLOCK]>::try_from(blocks), dst.get_mut(..BLOCK)) {
-        to.copy_from_slice(one);
-    } else {
+fn copy_sized_blocks<const N: usize>(dst: &mut [u8], blocks: &[u8]) {
+    if N == 0 {
         copy_blocks(dst, blocks);
+    } else {
+        dst[..N * BLOCK].copy_from_slice(&blocks[..N * BLOCK]);
     }
 }
 
@@ -523,9 +522,17 @@ pub fn frame_chunk(
         if splitter.buffered() == 0 {
             let (rest, len, max) = (&src[pos..], end - pos, splitter.max());
             pos += if frame.json {
-                out.frame_json_lines(rest, len, frame, max, limit)
+                match (frame.padded.len() / BLOCK, frame.end_padded.len() / BLOCK) {
+                    (2, 1) => out.frame_json_lines::<2, 1>(rest, len, frame, max, limit),
+                    (3, 1) => out.frame_json_lines::<3, 1>(rest, len, frame, max, limit),
+                    _ => out.frame_json_lines::<0, 0>(rest, len, frame, max, limit),
+                }
             } else {
-                out.frame_lines(rest, len, frame, max, limit)
+                match frame.padded.len() / BLOCK {
+                    1 => out.frame_lines::<1>(rest, len, frame, max, limit),
+                    2 => out.frame_lines::<2>(rest, len, frame, max, limit),
+                    _ => out.frame_lines::<0>(rest, len, frame, max, limit),
+                }
             };
             if pos == end || out.len() >= limit {
                 break;
@@ -579,7 +586,12 @@ mod tests {
             input.push(b'\n');
         }
         input.extend_from_slice(b"no newline at the end");
-        for name in ["d", "a-name-longer-than-one-block-of-32-bytes"] {
+        // Prefixes of 1, 2 and 3 blocks.
+        for name in [
+            "d",
+            "a-name-longer-than-one-block-of-32-bytes",
+            "a-name-longer-than-two-blocks-of-thirty-two-bytes-each-so-three-blocks",
+        ] {
             for max in [4, 50, 96, 4096] {
                 let want = reference(name, max, &input);
                 for chunk in [1, 7, 100, 333, 4096, input.len()] {
@@ -679,7 +691,12 @@ mod tests {
             input.push(b'\n');
         }
         input.extend_from_slice(b"no newline at the end \"");
-        for name in ["d", "a-name-longer-than-one-block-of-32-bytes"] {
+        // Prefixes of 2, 3 and 4 blocks.
+        for name in [
+            "d",
+            "web-frontend",
+            "a-name-longer-than-one-block-of-32-bytes",
+        ] {
             let frame = json_frame(name);
             for max in [4, 50, 96, 4096] {
                 let want = json_reference(&frame, max, &input);
@@ -737,7 +754,7 @@ mod tests {
             let end = src.len();
             src.resize(end + BLOCK, b'"');
             let mut b = FrameBuf::new(1 << 16);
-            let used = b.frame_json_lines(&src, end, &frame, 4096, 1 << 16);
+            let used = b.frame_json_lines::<0, 0>(&src, end, &frame, 4096, 1 << 16);
             assert_eq!(
                 used,
                 len + 1,
