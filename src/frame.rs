@@ -9,14 +9,18 @@
 //! variable-length copies, a UTF-8 check and a closure call per line; on a
 //! stream of short lines that per-line work, not the bytes, was most of
 //! sidecar-init's CPU time. [`frame_chunk`] takes the common case —
-//! complete, valid lines of ordinary length that need no escaping —
-//! straight from the read buffer into [`FrameBuf`] with fixed-size block
-//! copies that may run up to a block past either end and that look for
-//! non-ASCII bytes (and, in JSON, bytes that need escaping) on the way:
-//! only a line that has some gets a closer look. Everything else (a line
-//! begun in an earlier read, a line too long, invalid UTF-8, a JSON line
-//! with a quote, a backslash or a control character, the unterminated
-//! rest) goes to the splitter, and both paths give the same bytes.
+//! complete, valid lines of ordinary length — straight from the read
+//! buffer into [`FrameBuf`] with fixed-size block copies that may run up
+//! to a block past either end and that look for non-ASCII bytes (and, in
+//! JSON, for bytes that need escaping) on the way: only a line that has
+//! some gets a closer look (a UTF-8 check; in JSON, an escaping copy in
+//! place). Everything else (a line begun in an earlier read, a line too
+//! long, invalid UTF-8, the unterminated rest) goes to the splitter, and
+//! both paths give the same bytes.
+//!
+//! Per 100-byte line (instructions, `examples/framebench.rs`): plain
+//! about 183, with a timestamp 187, JSON 241, JSON of a line with 16
+//! quotes about 1,400.
 //!
 //! No I/O here: the event loop reads into a buffer, calls [`frame_chunk`]
 //! and writes [`FrameBuf::pending`].

@@ -654,6 +654,18 @@ pub fn check_json(data: &[u8]) {
     let frames: Vec<Prefix> = (0..parts.len().max(1))
         .map(|k| format::daemon_frame(&style, &name, k, time_at(T0_MICROS + k as u64 * step)))
         .collect();
+    // The event loop keeps one frame per daemon and rebuilds it per read.
+    let mut rolling = format::daemon_frame(&Style::PLAIN, &name, 0, time_at(0));
+    for (k, frame) in frames.iter().enumerate() {
+        let time = time_at(T0_MICROS + k as u64 * step);
+        format::update_daemon_frame(&mut rolling, &style, &name, k, time);
+        assert!(
+            rolling.as_bytes() == frame.as_bytes()
+                && rolling.suffix() == frame.suffix()
+                && rolling.is_json(),
+            "update_daemon_frame differs from daemon_frame"
+        );
+    }
     let one_line = frames[0].framed_max(max);
 
     let escaped = naive_json_escape(input);
