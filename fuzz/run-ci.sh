@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-60}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(lines framing procfile options)
+    targets=(lines framing json procfile options)
 fi
 
 # cargo-fuzz from crates.io if missing.

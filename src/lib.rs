@@ -1,7 +1,8 @@
 //! sidecar-init: a PID 1 for containers that run several daemons side by side.
 //!
 //! The pure parts — the daemon table ([`procfile`]), the line splitter
-//! ([`lines`]) and the framing fast path ([`frame`]), the exit-code policy ([`exit`]), the command line
+//! ([`lines`]), the output formats ([`format`](mod@format)) and the framing fast path
+//! ([`frame`]), the exit-code policy ([`exit`]), the command line
 //! ([`config`]) and the supervisor's state machine ([`supervisor`]) — do no
 //! I/O and are unit-tested and fuzzed. [`runtime`] is the one event loop
 //! that turns their decisions into syscalls, and [`output`] owns stdout.
@@ -11,6 +12,7 @@ pub mod check;
 pub mod config;
 pub mod control;
 pub mod exit;
+pub mod format;
 pub mod frame;
 pub mod grammar;
 pub mod lines;

@@ -6,6 +6,9 @@
 //! panics with a message naming the broken property when one fails. Not part
 //! of the public interface.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::format::{self, LogFormat, Style};
 use crate::frame::{self, FrameBuf, Prefix};
 use crate::lines::{self, LineSplitter};
 use crate::procfile::{self, DaemonSpec};
@@ -220,21 +223,58 @@ fn gen_name(src: &mut Source<'_>, longest: usize) -> String {
         .collect()
 }
 
+/// 2026-12-01T09:00:00.123456Z, the time the generated frames start from.
+const T0_MICROS: u64 = 1_796_115_600_123_456;
+
+fn time_at(micros: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(micros)
+}
+
+/// A daemon name and the plain prefix of its lines, from one byte `b` and
+/// what follows it: the name has `1 + b % 40` characters, and `b / 40`
+/// picks the prefix: 0 `[name] ` (so inputs written for the original
+/// layout keep their meaning), 1 with a timestamp, 2 coloured, 3 both
+/// (as `format::line_prefix` writes them), 4..=6 three bytes per name
+/// character taken raw from the input (anything, newlines and invalid
+/// UTF-8 included).
+fn gen_prefix(src: &mut Source<'_>) -> (String, Vec<u8>) {
+    let b = src.byte() as usize;
+    let len = 1 + b % 40;
+    let name: String = (0..len)
+        .map(|_| NAME_CHARS[src.below(NAME_CHARS.len())] as char)
+        .collect();
+    let kind = b / 40;
+    if kind >= 4 {
+        return (name, src.take(3 * len).to_vec());
+    }
+    let style = Style {
+        format: LogFormat::Plain,
+        timestamps: kind & 1 != 0,
+        color: kind & 2 != 0,
+    };
+    let time = time_at(T0_MICROS + (b as u64) * 1_000_003);
+    let mut prefix = Vec::new();
+    format::line_prefix(&style, &name, len, time, &mut prefix);
+    (name, prefix)
+}
+
 /// The framing properties, for any bytes.
 ///
-/// Input layout: one byte for the name's length and one per name
-/// character, then a splitter plan (see `splitter_plan`), two bytes of an
-/// output buffer size, one byte for the read buffer's slack, one for how
-/// much of the buffer a "write" leaves pending, then the byte stream.
+/// Input layout: a prefix (see `gen_prefix`: one byte for the name's
+/// length and the prefix's kind, one per name character, raw prefix bytes
+/// for some kinds), then a splitter plan (see `splitter_plan`), two bytes
+/// of an output buffer size, one byte for the read buffer's slack, one for
+/// how much of the buffer a "write" leaves pending, then the byte stream.
 ///
 /// The chunks are fed with `feed_until`, stopping once the framed output
 /// reaches the buffer size, the buffer then "written" and the rest of the
 /// chunk fed again. Checks that every such call consumes input or emits a
 /// line, that the buffer never exceeds its size by more than one framed
 /// line, that the lines are those of a plain `feed` of the whole input,
-/// that the framed output is valid UTF-8 and that every output line is
-/// `[name] ` followed by one emitted line with invalid UTF-8 replaced as
-/// `String::from_utf8_lossy` does.
+/// and, when the prefix is text without a newline, that the framed output
+/// is valid UTF-8 and that every output line is the prefix followed by one
+/// emitted line with invalid UTF-8 replaced as `String::from_utf8_lossy`
+/// does.
 ///
 /// Then the same chunks go through `frame::frame_chunk`, as the event loop
 /// frames them: each copied into a buffer with slack after it (filled with
@@ -245,17 +285,18 @@ fn gen_name(src: &mut Source<'_>, longest: usize) -> String {
 /// byte the one above.
 pub fn check_framing(data: &[u8]) {
     let mut src = Source::new(data);
-    let name = gen_name(&mut src, 40);
-    let prefix = format!("[{name}] ");
+    let (_, prefix) = gen_prefix(&mut src);
     let (max, sizes) = splitter_plan(&mut src);
     let room = (u16::from_le_bytes([src.byte(), src.byte()]) as usize * 4).max(1);
     let slack = src.below(2 * frame::BLOCK);
     let keep = room / 2 * src.byte() as usize / 255;
     let input = src.rest();
+    let frame = Prefix::new(&prefix);
     let p = prefix.len();
     // The most one framed line can take: prefix, every byte replaced by
     // U+FFFD (3 bytes), newline.
     let one_line = p + 3 * max + 1;
+    assert_eq!(frame.framed_max(max), one_line, "Prefix::framed_max");
 
     let mut s = LineSplitter::new(max);
     let mut lines: Vec<Vec<u8>> = Vec::new();
@@ -266,7 +307,7 @@ pub fn check_framing(data: &[u8]) {
             let mut buf = Vec::new(); // the output buffer, just written out
             let used = s.feed_until(rest, |l| {
                 lines.push(l.to_vec());
-                lines::push_framed(&mut buf, prefix.as_bytes(), l);
+                lines::push_framed(&mut buf, &prefix, l);
                 buf.len() < room
             });
             assert!(
@@ -290,7 +331,7 @@ pub fn check_framing(data: &[u8]) {
     }
     s.finish(|l| {
         lines.push(l.to_vec());
-        lines::push_framed(&mut out, prefix.as_bytes(), l);
+        lines::push_framed(&mut out, &prefix, l);
     });
     assert_eq!(
         lines,
@@ -298,7 +339,7 @@ pub fn check_framing(data: &[u8]) {
         "stopping and resuming changed the lines"
     );
 
-    let fast = frame_chunks(&prefix, max, &chunks(input, &sizes), room, slack, keep);
+    let fast = frame_chunks(&[frame], max, &chunks(input, &sizes), room, slack, keep);
     assert!(
         fast == out,
         "frame_chunk differs from the splitter path (max {max}, prefix {p}, room {room}, slack {slack}):\n{:?}\n{:?}",
@@ -306,6 +347,13 @@ pub fn check_framing(data: &[u8]) {
         String::from_utf8_lossy(&out)
     );
 
+    // The text checks need a prefix that is text and one line.
+    let Ok(prefix) = std::str::from_utf8(&prefix) else {
+        return;
+    };
+    if prefix.contains('\n') {
+        return;
+    }
     let text = match std::str::from_utf8(&out) {
         Ok(t) => t,
         Err(e) => panic!("framed output is not valid UTF-8: {e}"),
@@ -323,7 +371,7 @@ pub fn check_framing(data: &[u8]) {
         out_lines.len()
     );
     for (i, (got, line)) in out_lines.iter().zip(&lines).enumerate() {
-        let Some(body) = got.strip_prefix(&prefix) else {
+        let Some(body) = got.strip_prefix(prefix) else {
             panic!("output line {i} {got:?} does not start with {prefix:?}");
         };
         assert_eq!(
@@ -334,23 +382,27 @@ pub fn check_framing(data: &[u8]) {
     }
 }
 
-/// Frames `chunks` as the event loop does (see `check_framing`), each
-/// "write" leaving up to `keep` (< `room`) bytes pending, and returns
-/// everything written.
+/// Frames `chunks` as the event loop does (see `check_framing`), chunk `k`
+/// in `frames[k % frames.len()]` (the last chunk's frame also frames the
+/// unterminated last line), each "write" leaving up to `keep` (< `room`)
+/// bytes pending, and returns everything written. Checks after every call
+/// that it consumed input or framed a line, and that the buffer holds at
+/// most `room` bytes and one framed line.
 pub(crate) fn frame_chunks(
-    prefix: &str,
+    frames: &[Prefix],
     max: usize,
     chunks: &[&[u8]],
     room: usize,
     slack: usize,
     keep: usize,
 ) -> Vec<u8> {
-    let one_line = prefix.len() + 3 * max + 1;
-    let prefix = Prefix::new(prefix.as_bytes());
     let mut s = LineSplitter::new(max);
     let mut buf = FrameBuf::new(room);
     let mut written = Vec::new();
-    for chunk in chunks {
+    let mut frame = &frames[0];
+    for (k, chunk) in chunks.iter().enumerate() {
+        frame = &frames[k % frames.len()];
+        let one_line = frame.framed_max(max);
         let mut src = chunk.to_vec();
         src.extend((0..slack).map(|i| if i % 2 == 0 { b'\n' } else { 0xff }));
         let mut pos = 0;
@@ -359,7 +411,7 @@ pub(crate) fn frame_chunks(
             let used = frame::frame_chunk(
                 &mut s,
                 &mut buf,
-                &prefix,
+                frame,
                 &src[pos..],
                 chunk.len() - pos,
                 room,
@@ -379,9 +431,385 @@ pub(crate) fn frame_chunks(
             buf.consume(n);
         }
     }
-    s.finish(|l| buf.push_framed(prefix.as_bytes(), l));
+    s.finish(|l| buf.push_line(frame, l));
     written.extend_from_slice(buf.pending());
     written
+}
+
+/// `bytes` with invalid UTF-8 replaced, as a JSON string's inside, the
+/// plainest way: character by character. The reference for
+/// `format::json_escape` and the JSON framing.
+fn naive_json_escape(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for c in String::from_utf8_lossy(bytes).chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Parses `text` as one JSON object (RFC 8259) whose values are all
+/// strings, and returns its members in order. Strict: whitespace only
+/// where the grammar allows it, no control character inside a string,
+/// only the escapes JSON defines, `\u` surrogates only in valid pairs,
+/// nothing after the object.
+pub fn parse_json_object(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut p = JsonParser {
+        s: text.as_bytes(),
+        at: 0,
+        text,
+    };
+    p.ws();
+    p.expect(b'{')?;
+    let mut members = Vec::new();
+    p.ws();
+    if p.peek() == Some(b'}') {
+        p.at += 1;
+    } else {
+        loop {
+            p.ws();
+            let key = p.string()?;
+            p.ws();
+            p.expect(b':')?;
+            p.ws();
+            let value = p.string()?;
+            members.push((key, value));
+            p.ws();
+            match p.next() {
+                Some(b',') => continue,
+                Some(b'}') => break,
+                _ => return Err(format!("expected , or }} at byte {}", p.at - 1)),
+            }
+        }
+    }
+    p.ws();
+    if p.at != p.s.len() {
+        return Err(format!("trailing bytes at byte {}", p.at));
+    }
+    Ok(members)
+}
+
+struct JsonParser<'a> {
+    s: &'a [u8],
+    at: usize,
+    text: &'a str,
+}
+
+impl JsonParser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek();
+        self.at += 1;
+        b
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn expect(&mut self, want: u8) -> Result<(), String> {
+        match self.next() {
+            Some(b) if b == want => Ok(()),
+            got => Err(format!(
+                "expected {:?} at byte {}, found {got:?}",
+                want as char,
+                self.at - 1
+            )),
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, String> {
+        let digits = self
+            .s
+            .get(self.at..self.at + 4)
+            .ok_or("\\u escape cut short")?;
+        let digits = std::str::from_utf8(digits).map_err(|e| e.to_string())?;
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("bad \\u escape {digits:?}"));
+        }
+        self.at += 4;
+        u32::from_str_radix(digits, 16).map_err(|e| e.to_string())
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        self.expect(b'"')?;
+        let mut out = String::new();
+        loop {
+            let start = self.at;
+            while matches!(self.peek(), Some(b) if b != b'"' && b != b'\\' && b >= 0x20) {
+                self.at += 1;
+            }
+            // Runs end at ASCII bytes, so these are character boundaries.
+            out.push_str(&self.text[start..self.at]);
+            match self.next() {
+                Some(b'"') => return Ok(out),
+                Some(b'\\') => {}
+                Some(b) => return Err(format!("raw control byte {b:#x} in a string")),
+                None => return Err("unterminated string".to_string()),
+            }
+            let c = match self.next() {
+                Some(b'"') => '"',
+                Some(b'\\') => '\\',
+                Some(b'/') => '/',
+                Some(b'b') => '\u{8}',
+                Some(b'f') => '\u{c}',
+                Some(b'n') => '\n',
+                Some(b'r') => '\r',
+                Some(b't') => '\t',
+                Some(b'u') => {
+                    let u = self.hex4()?;
+                    let code = match u {
+                        0xD800..=0xDBFF => {
+                            if self.s.get(self.at..self.at + 2) != Some(b"\\u") {
+                                return Err("lone high surrogate".to_string());
+                            }
+                            self.at += 2;
+                            let low = self.hex4()?;
+                            if !(0xDC00..=0xDFFF).contains(&low) {
+                                return Err("high surrogate without a low one".to_string());
+                            }
+                            0x10000 + ((u - 0xD800) << 10) + (low - 0xDC00)
+                        }
+                        0xDC00..=0xDFFF => return Err("lone low surrogate".to_string()),
+                        u => u,
+                    };
+                    char::from_u32(code).ok_or("bad \\u code")?
+                }
+                b => return Err(format!("bad escape {b:?}")),
+            };
+            out.push(c);
+        }
+    }
+}
+
+/// Checks that `t` has the shape of `format::rfc3339`'s output.
+fn check_rfc3339(t: &str) {
+    let b = t.as_bytes();
+    let shape = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
+    assert!(
+        b.len() == shape.len()
+            && b.iter().zip(shape).all(|(&c, &s)| if s == b'd' {
+                c.is_ascii_digit()
+            } else {
+                c == s
+            }),
+        "time {t:?} is not RFC 3339 with microseconds"
+    );
+}
+
+/// The JSON output format's properties, for any bytes.
+///
+/// Input layout: one byte for the name's length and one per name
+/// character (see `gen_name`), a splitter plan (see `splitter_plan`), two
+/// bytes of an output buffer size, one byte for the read buffer's slack,
+/// one for how much of the buffer a "write" leaves pending, one for how
+/// far the time moves from one read to the next, then the byte stream.
+///
+/// Each chunk is one read, with its own time and so its own frame
+/// (`format::daemon_frame`). The reference: `feed_until` stopping once the
+/// output buffer reaches its size, each line framed the plainest way
+/// (prefix, a character-by-character escape of the line after
+/// `String::from_utf8_lossy`, suffix, newline). Checks that `frame_chunk`
+/// with slack after each chunk and partial "writes" gives that output byte
+/// for byte, keeps the buffer within its size plus one framed line (6× the
+/// line limit plus the frame), and makes progress; that every output line
+/// parses, with a strict parser, as one object with exactly `time`,
+/// `daemon`, `line` in that order, the time in RFC 3339 and not going
+/// back, the daemon's name; that each `line` is one line of the splitter
+/// (at most the limit) after U+FFFD replacement, and that joined as plain
+/// output joins them (pieces of a long line back to back, complete lines
+/// with `\n`) they give the whole input after U+FFFD replacement. Also that
+/// `format::json_escape` of the whole input agrees with the reference
+/// escape, and that `format::own_line` of the input (as text) gives JSON
+/// lines of its pieces, and plain lines too.
+pub fn check_json(data: &[u8]) {
+    let mut src = Source::new(data);
+    let name = gen_name(&mut src, 40);
+    let (max, sizes) = splitter_plan(&mut src);
+    let room = (u16::from_le_bytes([src.byte(), src.byte()]) as usize * 4).max(1);
+    let slack = src.below(2 * frame::BLOCK);
+    let keep = room / 2 * src.byte() as usize / 255;
+    let step = u64::from(src.byte()) * 997_001;
+    let input = src.rest();
+    let style = Style {
+        format: LogFormat::Json,
+        timestamps: false,
+        color: false,
+    };
+    let parts = chunks(input, &sizes);
+    let frames: Vec<Prefix> = (0..parts.len().max(1))
+        .map(|k| format::daemon_frame(&style, &name, k, time_at(T0_MICROS + k as u64 * step)))
+        .collect();
+    // The event loop keeps one frame per daemon and rebuilds it per read.
+    let mut rolling = format::daemon_frame(&Style::PLAIN, &name, 0, time_at(0));
+    for (k, frame) in frames.iter().enumerate() {
+        let time = time_at(T0_MICROS + k as u64 * step);
+        format::update_daemon_frame(&mut rolling, &style, &name, k, time);
+        assert!(
+            rolling.as_bytes() == frame.as_bytes()
+                && rolling.suffix() == frame.suffix()
+                && rolling.is_json(),
+            "update_daemon_frame differs from daemon_frame"
+        );
+    }
+    let one_line = frames[0].framed_max(max);
+
+    let escaped = naive_json_escape(input);
+    let mut mine = Vec::new();
+    format::json_escape(&mut mine, input);
+    assert!(
+        mine == escaped.as_bytes(),
+        "json_escape differs from the reference:\n{:?}\n{escaped:?}",
+        String::from_utf8_lossy(&mine)
+    );
+
+    // The reference.
+    let push = |out: &mut Vec<u8>, frame: &Prefix, line: &[u8]| {
+        out.extend_from_slice(frame.as_bytes());
+        out.extend_from_slice(naive_json_escape(line).as_bytes());
+        out.extend_from_slice(frame.suffix());
+        out.push(b'\n');
+    };
+    let mut s = LineSplitter::new(max);
+    let mut out = Vec::new();
+    for (k, chunk) in parts.iter().enumerate() {
+        let frame = &frames[k];
+        let mut rest = *chunk;
+        while !rest.is_empty() {
+            let mut buf = Vec::new();
+            let used = s.feed_until(rest, |l| {
+                push(&mut buf, frame, l);
+                buf.len() < room
+            });
+            assert!(
+                buf.len() <= room + one_line,
+                "the buffer reached {} bytes, more than {room} + one JSON line",
+                buf.len()
+            );
+            out.extend_from_slice(&buf);
+            rest = &rest[used..];
+        }
+    }
+    let last = &frames[parts.len().max(1) - 1];
+    s.finish(|l| push(&mut out, last, l));
+
+    let fast = frame_chunks(&frames, max, &parts, room, slack, keep);
+    assert!(
+        fast == out,
+        "frame_chunk differs from the reference (max {max}, room {room}, slack {slack}):\n{:?}\n{:?}",
+        String::from_utf8_lossy(&fast),
+        String::from_utf8_lossy(&out)
+    );
+
+    let text = match std::str::from_utf8(&out) {
+        Ok(t) => t,
+        Err(e) => panic!("JSON output is not valid UTF-8: {e}"),
+    };
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "JSON output does not end with a newline"
+    );
+    let lines = split_lines(max, &[input]);
+    let out_lines: Vec<&str> = text.split_terminator('\n').collect();
+    assert_eq!(
+        out_lines.len(),
+        lines.len(),
+        "{} lines but {} JSON lines",
+        lines.len(),
+        out_lines.len()
+    );
+    let mut joined = String::new();
+    let mut pos = 0;
+    let mut previous = String::new();
+    for (i, (got, raw)) in out_lines.iter().zip(&lines).enumerate() {
+        let members = match parse_json_object(got) {
+            Ok(m) => m,
+            Err(e) => panic!("output line {i} {got:?} is not a JSON object of strings: {e}"),
+        };
+        let keys: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["time", "daemon", "line"], "output line {i} {got:?}");
+        check_rfc3339(&members[0].1);
+        assert!(members[0].1 >= previous, "the time went back at line {i}");
+        previous.clone_from(&members[0].1);
+        assert_eq!(members[1].1, name, "output line {i}: daemon");
+        assert!(raw.len() <= max, "line {i} is longer than the limit {max}");
+        assert_eq!(
+            members[2].1,
+            String::from_utf8_lossy(raw),
+            "output line {i}: line is not the splitter's line with U+FFFD replacement"
+        );
+        joined.push_str(&members[2].1);
+        pos += raw.len();
+        if input.get(pos) == Some(&b'\n') {
+            joined.push('\n');
+            pos += 1;
+        }
+    }
+    assert_eq!(pos, input.len(), "the lines do not cover the input");
+    assert!(
+        joined == String::from_utf8_lossy(input),
+        "the JSON lines joined are not the input after U+FFFD replacement"
+    );
+
+    check_own_lines(&String::from_utf8_lossy(input), max);
+}
+
+/// `format::own_line` of `msg` in JSON and in plain: JSON objects with
+/// `time`, `daemon`, `level`, `message` whose messages are the pieces of
+/// `msg` (as the splitter cuts them), plain lines `sidecar-init: ` + piece.
+fn check_own_lines(msg: &str, max: usize) {
+    let mut pieces = split_lines(max, &[msg.as_bytes()]);
+    if pieces.is_empty() {
+        pieces.push(Vec::new());
+    }
+    let time = time_at(T0_MICROS);
+    let json = Style {
+        format: LogFormat::Json,
+        timestamps: true,
+        color: true,
+    };
+    let mut out = Vec::new();
+    format::own_line(&json, log::Level::Warn, msg, time, max, &mut out);
+    let text = std::str::from_utf8(&out).expect("own JSON lines are UTF-8");
+    let got: Vec<&str> = text.split_terminator('\n').collect();
+    assert!(text.ends_with('\n'), "own_line ends without a newline");
+    assert_eq!(got.len(), pieces.len(), "own_line: one JSON line per piece");
+    for (line, piece) in got.iter().zip(&pieces) {
+        let members = match parse_json_object(line) {
+            Ok(m) => m,
+            Err(e) => panic!("own line {line:?} is not a JSON object of strings: {e}"),
+        };
+        let keys: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["time", "daemon", "level", "message"], "{line:?}");
+        check_rfc3339(&members[0].1);
+        assert_eq!(members[1].1, format::OWN_NAME);
+        assert_eq!(members[2].1, "warn");
+        assert_eq!(members[3].1.as_bytes(), &piece[..], "own line message");
+    }
+
+    let mut out = Vec::new();
+    format::own_line(&Style::PLAIN, log::Level::Error, msg, time, max, &mut out);
+    let mut want = Vec::new();
+    for piece in &pieces {
+        want.extend_from_slice(b"sidecar-init: error: ");
+        want.extend_from_slice(piece);
+        want.push(b'\n');
+    }
+    assert!(out == want, "own_line in plain: {out:?}");
 }
 
 /// How many lines `text` has: a final `\n` ends the last line, it does not
@@ -1127,8 +1555,60 @@ mod tests {
         ] {
             check_lines(data);
             check_framing(data);
+            check_json(data);
             check_procfile(data);
         }
+    }
+
+    #[test]
+    fn every_prefix_kind_passes() {
+        // The first byte picks the prefix kind (b / 40) and name length.
+        for b in [0u8, 39, 40, 85, 120, 159, 160, 200, 255] {
+            let mut data = vec![b];
+            data.extend(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-");
+            data.extend(b"\x10\x02\x03\x41\x00\x01\x07\x80\xffline one\nline \"two\"\n\xfftail");
+            check_framing(&data);
+            check_json(&data);
+        }
+    }
+
+    #[test]
+    fn the_json_parser_is_strict() {
+        let ok = |t: &str| parse_json_object(t).unwrap_or_else(|e| panic!("{t:?}: {e}"));
+        assert_eq!(ok("{}"), vec![]);
+        assert_eq!(
+            ok(r#" { "a" : "b" , "c":"\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00" } "#),
+            vec![
+                ("a".to_string(), "b".to_string()),
+                ("c".to_string(), "\"\\/\u{8}\u{c}\n\r\té😀".to_string())
+            ]
+        );
+        for bad in [
+            "",
+            "{",
+            "{\"a\"}",
+            "{\"a\":1}",
+            "{\"a\":\"b\",}",
+            "{\"a\":\"b\"} x",
+            "{\"a\":\"\u{1}\"}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\u12\"}",
+            "{\"a\":\"\\ud800\"}",
+            "{\"a\":\"\\udc00\"}",
+            "{\"a\":\"\\ud800\\u0041\"}",
+            "{\"a\":\"b\"",
+            "[\"a\"]",
+        ] {
+            assert!(parse_json_object(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_reference_escape_round_trips_through_the_parser() {
+        let bytes = b"q\" b\\ nl\n cr\r t\t \x00\x1f\x7f \xff \xe2\x82 \xc3\xa9";
+        let line = format!("{{\"x\":\"{}\"}}", naive_json_escape(bytes));
+        let members = parse_json_object(&line).unwrap();
+        assert_eq!(members[0].1, String::from_utf8_lossy(bytes));
     }
 
     #[test]

@@ -66,6 +66,11 @@ fn framing_corpus() {
 }
 
 #[test]
+fn json_corpus() {
+    replay("json", props::check_json);
+}
+
+#[test]
 fn procfile_corpus() {
     replay("procfile", props::check_procfile);
 }
