@@ -1076,8 +1076,6 @@ pub fn check_procfile(data: &[u8]) {
 
 // ---- Per-daemon options: grammar, check, users (fuzz target `options`) ----
 
-use std::time::Duration;
-
 use crate::check::Check;
 use crate::grammar::{self, Item};
 use crate::users;
