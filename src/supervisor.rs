@@ -1221,13 +1221,19 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return;
         }
-        let uniform = self.units.iter().all(|u| {
-            u.spec.stop_signal == SIGTERM || (u.spec.kind == Kind::Main && signal == Some(SIGTERM))
-        });
+        // What each unit gets (see `send_stop`): its stop signal, and the
+        // main program the signal that started the shutdown (SIGINT as
+        // SIGINT).
+        let sent = |u: &Unit| match (u.spec.kind, signal) {
+            (Kind::Main, Some(sig)) => sig,
+            _ => u.spec.stop_signal,
+        };
+        let first = self.units.first().map_or(SIGTERM, sent);
+        let uniform = self.units.iter().all(|u| sent(u) == first);
         let ordered = self.units.iter().any(|u| !u.spec.after.is_empty());
         let how = match (uniform, ordered) {
-            (true, false) => "forwarding SIGTERM".to_string(),
-            (true, true) => "forwarding SIGTERM, dependents first".to_string(),
+            (true, false) => format!("forwarding {}", exit::signal_name(first)),
+            (true, true) => format!("forwarding {}, dependents first", exit::signal_name(first)),
             (false, false) => "sending each its stop signal".to_string(),
             (false, true) => "sending each its stop signal, dependents first".to_string(),
         };
@@ -3412,6 +3418,37 @@ mod tests {
             (State::Exited, None, Some(4))
         );
         assert_eq!(s.health(), ["a: exited with code 4"]);
+    }
+
+    #[test]
+    fn the_shutdown_line_says_what_the_main_program_gets() {
+        let t0 = Instant::now();
+        let mut main = spec("main", &[]);
+        main.kind = super::Kind::Main;
+        let mut s = started(vec![main.clone()], timing(), t0);
+        actions(&mut s);
+        s.signal(SIGINT, t0);
+        let acts = actions(&mut s);
+        let line = "shutting down (SIGINT); forwarding SIGINT";
+        assert!(
+            acts.contains(&Action::Log(Level::Info, line.into())),
+            "{acts:?}"
+        );
+        assert_eq!(signals(&acts), [(100, SIGINT)]);
+        // Beside a daemon, which gets its SIGTERM once the main program is
+        // gone.
+        main.after = vec![0];
+        let mut s = started(vec![spec("db", &[]), main], timing(), t0);
+        spawn_due(&mut s, t0);
+        actions(&mut s);
+        s.signal(SIGINT, t0);
+        let acts = actions(&mut s);
+        let line = "shutting down (SIGINT); sending each its stop signal, dependents first";
+        assert!(
+            acts.contains(&Action::Log(Level::Info, line.into())),
+            "{acts:?}"
+        );
+        assert_eq!(signals(&acts), [(101, SIGINT)]);
     }
 
     #[test]
