@@ -5,6 +5,7 @@ mod harness;
 
 mod backpressure;
 mod cli;
+mod mainprog;
 mod output;
 mod readiness;
 mod reaping;
