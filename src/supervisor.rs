@@ -779,6 +779,9 @@ impl Supervisor {
             }
             (State::Waiting | State::Queued | State::Backoff(_), Input::Stop(why)) => {
                 self.spawn_queue.retain(|&q| q != i);
+                if state == State::Queued {
+                    self.take_back_spawn(i);
+                }
                 match why {
                     Why::Restart => {
                         self.units[i].state = State::Waiting;
@@ -811,6 +814,27 @@ impl Supervisor {
                 self.evaluate_deps(i, now);
             }
             _ => {}
+        }
+    }
+
+    /// Withdraws unit `i`'s spawn if it was asked for but not performed
+    /// yet, with the `starting` line logged just before it: a unit spawned
+    /// earlier in the same batch failed and started the shutdown (an
+    /// essential one, or the main program's dependency). Spawned anyway,
+    /// it would run in a state that takes no `Spawned` and no `RunOver`,
+    /// and the run would never end.
+    fn take_back_spawn(&mut self, i: usize) {
+        let pending = self
+            .actions
+            .iter()
+            .position(|a| matches!(a, Action::Spawn(j) if *j == i));
+        let Some(k) = pending else { return };
+        self.actions.remove(k);
+        // `(Queued, Spawn)` pushes the line and the spawn together, and the
+        // event loop performs actions in order with no report between
+        // those two: the line is still queued right before the spawn.
+        if k > 0 && matches!(self.actions[k - 1], Action::Log(..)) {
+            self.actions.remove(k - 1);
         }
     }
 
@@ -1197,18 +1221,24 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return;
         }
-        // Say how the units still running are stopped, if any are.
+        // Say how the units still running are stopped, if any are: each
+        // gets its stop signal, and the main program the signal that
+        // started the shutdown (SIGINT as SIGINT; see `send_stop`).
+        let sent = |u: &Unit| match (u.spec.kind, signal) {
+            (Kind::Main, Some(sig)) => sig,
+            _ => u.spec.stop_signal,
+        };
         let running: Vec<&Unit> = self.units.iter().filter(|u| u.run.is_some()).collect();
-        let uniform = running.iter().all(|u| {
-            u.spec.stop_signal == SIGTERM || (u.spec.kind == Kind::Main && signal == Some(SIGTERM))
-        });
+        let first = running.first().map_or(SIGTERM, |u| sent(u));
+        let uniform = running.iter().all(|u| sent(u) == first);
         let ordered = running.iter().any(|u| !u.spec.after.is_empty());
+        let name = exit::signal_name(first);
         let how = match (running.is_empty(), uniform, ordered) {
-            (true, _, _) => "",
-            (false, true, false) => "; forwarding SIGTERM",
-            (false, true, true) => "; forwarding SIGTERM, dependents first",
-            (false, false, false) => "; sending each its stop signal",
-            (false, false, true) => "; sending each its stop signal, dependents first",
+            (true, _, _) => String::new(),
+            (false, true, false) => format!("; forwarding {name}"),
+            (false, true, true) => format!("; forwarding {name}, dependents first"),
+            (false, false, false) => "; sending each its stop signal".to_string(),
+            (false, false, true) => "; sending each its stop signal, dependents first".to_string(),
         };
         let msg = format!("shutting down ({why}){how}");
         self.log(Level::Info, msg.clone());
@@ -3464,6 +3494,83 @@ mod tests {
             (State::Exited, None, Some(4))
         );
         assert_eq!(s.health(), ["a: exited with code 4"]);
+    }
+
+    #[test]
+    fn the_shutdown_line_says_what_the_main_program_gets() {
+        let t0 = Instant::now();
+        let mut main = spec("main", &[]);
+        main.kind = super::Kind::Main;
+        let mut s = started(vec![main.clone()], timing(), t0);
+        actions(&mut s);
+        s.signal(SIGINT, t0);
+        let acts = actions(&mut s);
+        let line = "shutting down (SIGINT); forwarding SIGINT";
+        assert!(
+            acts.contains(&Action::Log(Level::Info, line.into())),
+            "{acts:?}"
+        );
+        assert_eq!(signals(&acts), [(100, SIGINT)]);
+        // Beside a daemon, which gets its SIGTERM once the main program is
+        // gone.
+        main.after = vec![0];
+        let mut s = started(vec![spec("db", &[]), main], timing(), t0);
+        spawn_due(&mut s, t0);
+        actions(&mut s);
+        s.signal(SIGINT, t0);
+        let acts = actions(&mut s);
+        let line = "shutting down (SIGINT); sending each its stop signal, dependents first";
+        assert!(
+            acts.contains(&Action::Log(Level::Info, line.into())),
+            "{acts:?}"
+        );
+        assert_eq!(signals(&acts), [(101, SIGINT)]);
+    }
+
+    #[test]
+    fn a_spawn_failure_that_shuts_down_takes_back_the_rest_of_its_batch() {
+        // ghost is not found; web's spawn, asked for in the same batch, is
+        // still queued when the shutdown comes: the main program's
+        // dependency failed, or ghost is essential. web never starts (a
+        // process spawned then would run outside any state and the run
+        // would never end).
+        let t0 = Instant::now();
+        let mut main = spec("main", &[0, 1]);
+        main.kind = super::Kind::Main;
+        let mut ghost = spec("ghost", &[]);
+        ghost.essential = true;
+        for specs in [
+            vec![spec("ghost", &[]), spec("web", &[]), main],
+            vec![ghost, spec("web", &[])],
+        ] {
+            let mut s = Supervisor::new(specs, timing());
+            s.start(t0);
+            s.tick(t0);
+            let (mut spawned, mut logs) = (Vec::new(), Vec::new());
+            // As the event loop does: each action in turn, reporting a
+            // spawn before the next.
+            while let Some(a) = s.next_action() {
+                match a {
+                    Action::Spawn(0) => s.spawn_failed(
+                        ChildId::Unit(0),
+                        exit::NOT_FOUND,
+                        "No such file or directory",
+                        t0,
+                    ),
+                    Action::Spawn(i) => spawned.push(i),
+                    Action::Log(_, m) => logs.push(m),
+                    _ => {}
+                }
+            }
+            assert!(spawned.is_empty(), "{spawned:?} {logs:?}");
+            assert!(
+                logs.iter().any(|l| l.starts_with("shutting down (")),
+                "{logs:?}"
+            );
+            assert!(!logs.iter().any(|l| l == "starting web"), "{logs:?}");
+            assert!(over(&mut s, t0), "the run never ends");
+            assert_eq!(s.exit_code(), 127);
+        }
     }
 
     #[test]

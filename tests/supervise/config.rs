@@ -25,7 +25,7 @@ fn a_daemon_that_stops_on_sigquit_stops_within_the_grace_with_its_stop_signal() 
         sent.elapsed() < Duration::from_secs(10),
         "waited for the grace"
     );
-    init.expect("sidecar-init: shutting down (SIGTERM); sending each its stop signal");
+    init.expect("sidecar-init: shutting down (SIGTERM); forwarding SIGQUIT");
     init.expect("[quitter] got QUIT");
     init.expect_not("SIGKILL");
 }

@@ -7,6 +7,7 @@ mod backpressure;
 mod cli;
 mod config;
 mod control;
+mod mainprog;
 mod output;
 mod readiness;
 mod reaping;
