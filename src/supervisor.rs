@@ -159,12 +159,16 @@ impl UnitSpec {
 }
 
 /// Signals forwarded to the units unchanged, without starting shutdown:
-/// the usual control signals, and every other signal whose default action
-/// would end sidecar-init, except those only a fault of its own raises
-/// (SEGV, BUS, ILL, FPE, ABRT, TRAP, SYS) and SIGPIPE (ignored: its own
-/// writes to a closed stdout raise it). Real-time signals are added by
+/// the usual control signals, SIGTSTP and SIGCONT (as tini does: a
+/// `docker kill -s TSTP` pauses the units, not sidecar-init, and CONT
+/// resumes them), and every other signal whose default action would end
+/// sidecar-init, except those only a fault of its own raises (SEGV, BUS,
+/// ILL, FPE, ABRT, TRAP, SYS) and SIGPIPE (ignored: its own writes to a
+/// closed stdout raise it). Real-time signals are added by
 /// [`forwarded_signals`].
-pub const FORWARDED: [i32; 13] = [
+pub const FORWARDED: [i32; 15] = [
+    nix::libc::SIGTSTP,
+    SIGCONT,
     nix::libc::SIGHUP,
     nix::libc::SIGQUIT,
     nix::libc::SIGUSR1,
@@ -2672,9 +2676,27 @@ mod tests {
     fn forwarded_signals_do_not_start_shutdown() {
         let t0 = Instant::now();
         let mut s = running(&["a", "b"], t0);
-        for sig in FORWARDED {
+        for sig in forwarded_signals() {
             s.signal(sig, t0);
-            assert_eq!(signals(&actions(&mut s)), [(100, sig), (101, sig)]);
+            let sent: Vec<Action> = actions(&mut s)
+                .into_iter()
+                .filter(|a| matches!(a, Action::Signal { .. }))
+                .collect();
+            assert_eq!(
+                sent,
+                [
+                    Action::Signal {
+                        pgid: 100,
+                        signal: sig
+                    },
+                    Action::Signal {
+                        pgid: 101,
+                        signal: sig
+                    }
+                ],
+                "{}",
+                exit::signal_name(sig)
+            );
         }
         assert!(!s.shutting_down());
         // A dead daemon whose group is empty is not signalled.
