@@ -4,7 +4,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use sidecar_init::config::{self, Config, Control, Request};
+use sidecar_init::config::{self, Color, Config, Control, Request};
+use sidecar_init::format::{LogFormat, Style};
 use sidecar_init::plan::{self, Inputs, Plan};
 use sidecar_init::procfile;
 use sidecar_init::runtime::{self, Inherited, Settings};
@@ -91,6 +92,7 @@ fn run(config: &Config, inherited: Inherited) -> i32 {
         timing,
         line_max: config.line_max,
         notify: config.notify.clone(),
+        style: style(config),
         control: match &config.control {
             Control::Off => None,
             Control::Default => Some(sockets(None)),
@@ -104,6 +106,27 @@ fn run(config: &Config, inherited: Inherited) -> i32 {
             log::info!("exit {}", exit::INTERNAL);
             exit::INTERNAL
         }
+    }
+}
+
+/// How the lines look: the format, timestamps, and colour where asked for
+/// (`auto`: on a terminal, unless `NO_COLOR` is set; never in JSON).
+fn style(config: &Config) -> Style {
+    let format = match config.log_format {
+        config::LogFormat::Plain => LogFormat::Plain,
+        config::LogFormat::Json => LogFormat::Json,
+    };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let color = format == LogFormat::Plain
+        && match config.color {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => !no_color && nix::unistd::isatty(std::io::stdout()).unwrap_or(false),
+        };
+    Style {
+        format,
+        timestamps: config.timestamps,
+        color,
     }
 }
 

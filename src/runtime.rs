@@ -34,6 +34,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::check::Check;
 use crate::control::{self, Response, Server, UnitStatus};
 use crate::exit::{self, Ending};
+use crate::format::{self, Style};
 use crate::frame::{self, Prefix};
 use crate::grammar;
 use crate::lines::LineSplitter;
@@ -72,8 +73,8 @@ const PIPE_SIZE_MAX: usize = 512 * 1024;
 /// container's memory is charged for it). Pipe pages are allocated only as
 /// data arrives.
 const PIPE_BUDGET: usize = 8 * 1024 * 1024;
-/// The prefix of the notify command's output lines.
-const NOTIFY_PREFIX: &[u8] = b"[notify] ";
+/// The name on the notify command's output lines.
+const NOTIFY_NAME: &str = "notify";
 /// How long to keep trying to write the last lines to a stalled stdout.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
@@ -87,6 +88,8 @@ pub struct Settings {
     /// Where to create the control socket (the first place that works), or
     /// `None` for none.
     pub control: Option<Vec<PathBuf>>,
+    /// How the lines look: plain or JSON, timestamps, colour.
+    pub style: Style,
 }
 
 /// SIGINTs received, counted by a handler of our own: signal-hook's
@@ -237,8 +240,12 @@ struct Runtime {
     signals: Signals,
     sup: Supervisor,
     units: Vec<Unit>,
-    /// The prefix of each pipe slot's lines.
+    /// The frame (prefix, suffix, escaping) of each pipe slot's lines.
     prefixes: Vec<Prefix>,
+    /// Each slot's name and colour index, for frames rebuilt per read.
+    slot_names: Vec<(String, usize)>,
+    /// How the lines look.
+    style: Style,
     /// Each slot's pipe until it reaches EOF (or is given up).
     pipes: Vec<Option<Pipe>>,
     out: Output,
@@ -331,18 +338,27 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         .map(|_| timing.notify_timeout.unwrap_or_default());
     let sup = Supervisor::new(units.iter().map(|u| u.spec.clone()).collect(), timing);
     let n = units.len();
-    let mut prefixes: Vec<Prefix> = Vec::with_capacity(2 * n + 1);
-    prefixes.extend(
+    let style = settings.style;
+    // Slots: units, their checks (same colour), the notify command.
+    let mut slot_names: Vec<(String, usize)> = Vec::with_capacity(2 * n + 1);
+    slot_names.extend(
         units
             .iter()
-            .map(|u| Prefix::new(format!("[{}] ", u.spec.name).as_bytes())),
+            .enumerate()
+            .map(|(i, u)| (u.spec.name.clone(), i)),
     );
-    prefixes.extend(
+    slot_names.extend(
         units
             .iter()
-            .map(|u| Prefix::new(format!("[{} check] ", u.spec.name).as_bytes())),
+            .enumerate()
+            .map(|(i, u)| (format!("{} check", u.spec.name), i)),
     );
-    prefixes.push(Prefix::new(NOTIFY_PREFIX));
+    slot_names.push((NOTIFY_NAME.to_string(), n));
+    let now = std::time::SystemTime::now();
+    let prefixes: Vec<Prefix> = slot_names
+        .iter()
+        .map(|(name, i)| format::daemon_frame(&style, name, *i, now))
+        .collect();
     let notify_socket = if units.iter().any(|u| u.ready == Some(Check::Notify)) {
         match open_notify_socket() {
             Ok((mut sock, name)) => {
@@ -368,6 +384,8 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         sup,
         pipes: prefixes.iter().map(|_| None).collect(),
         prefixes,
+        slot_names,
+        style,
         units,
         out,
         read_buf: vec![0; READ_SIZE + frame::BLOCK],
@@ -962,6 +980,18 @@ impl Runtime {
                     if let Some(owed) = p.owed {
                         self.owed_read(i, owed, n);
                     }
+                    if self.style.is_timed() {
+                        // The time of the read, once per read (not per line).
+                        let (name, colour) = &self.slot_names[i];
+                        let now = std::time::SystemTime::now();
+                        format::update_daemon_frame(
+                            &mut self.prefixes[i],
+                            &self.style,
+                            name,
+                            *colour,
+                            now,
+                        );
+                    }
                     if !self.pump(i, 0, n) {
                         self.next_pipe = (i + 1) % count;
                         return;
@@ -1085,8 +1115,8 @@ impl Runtime {
             );
             lost += c.end - c.start - used;
         }
-        let (prefix, buf) = (self.prefixes[slot].as_bytes(), self.out.buf());
-        p.splitter.finish(|line| buf.push_framed(prefix, line));
+        let (frame, buf) = (&self.prefixes[slot], self.out.buf());
+        p.splitter.finish(|line| buf.push_line(frame, line));
         lost
     }
 
