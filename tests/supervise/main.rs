@@ -5,6 +5,7 @@ mod harness;
 
 mod backpressure;
 mod cli;
+mod hostile;
 mod output;
 mod reaping;
 mod restart;
