@@ -109,10 +109,24 @@ fn plan(config: &Config) -> Result<Plan, String> {
     Ok(plan)
 }
 
+/// Reads and parses the Procfile at `path`, at most
+/// [`procfile::MAX_SIZE`] bytes of it: a larger (or endless) file is an
+/// error, not memory grown without bound.
 fn load(path: &Path) -> Result<Vec<DaemonSpec>, String> {
+    use std::io::Read;
     let shown = path.display();
-    let text = std::fs::read(path)
-        .map_err(|e| format!("cannot read procfile {shown}: {}", runtime::describe(&e)))?;
+    let cannot =
+        |e: std::io::Error| format!("cannot read procfile {shown}: {}", runtime::describe(&e));
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(procfile::MAX_SIZE as u64 + 1).read_to_end(&mut text))
+        .map_err(cannot)?;
+    if text.len() > procfile::MAX_SIZE {
+        return Err(format!(
+            "{shown}: larger than {} MiB (the Procfile size limit)",
+            procfile::MAX_SIZE >> 20
+        ));
+    }
     let table = procfile::parse(&text).map_err(|e| format!("{shown}:{}: {}", e.line, e.problem))?;
     if table.is_empty() {
         return Err(format!("{shown}: no daemons defined"));
