@@ -252,6 +252,7 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
     let mut out = Output::stdout(output::DEFAULT_CAPACITY);
     out.register(poll.registry(), STDOUT);
+    output::set_line_max(settings.line_max);
 
     let mut timing = settings.timing.clone();
     timing.notify_timeout = settings
@@ -294,8 +295,8 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
     rt.run_loop()?;
 
     let code = rt.sup.exit_code();
-    log::info!("exit {code}");
-    rt.final_flush();
+    let last = log::log_enabled!(log::Level::Info).then(|| format!("exit {code}"));
+    rt.final_flush(last.as_deref());
     rt.out.restore();
     Ok(code)
 }
@@ -327,9 +328,11 @@ impl Runtime {
             let timeout = if self.has_work() {
                 Some(Duration::ZERO)
             } else {
-                self.sup
-                    .next_deadline()
-                    .map(|d| d.saturating_duration_since(now))
+                let next = match (self.sup.next_deadline(), self.out.next_retry()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                next.map(|d| d.saturating_duration_since(now))
             };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -546,10 +549,14 @@ impl Runtime {
                 Some(id) => {
                     let s = slot(id, self.units.len());
                     let queued = self.pipes[s].as_ref().map_or(0, |p| unread(&p.rx));
+                    // Bytes read before the reap but not framed yet (the
+                    // carry) are owed as well: a read of a daemon with a
+                    // long name can take seconds to frame for a slow reader.
+                    let carried = self.carry.is_some_and(|c| c.slot == s);
                     if let Some(p) = self.pipes[s].as_mut() {
-                        p.owed = (queued > 0).then_some(queued);
+                        p.owed = (queued > 0 || carried).then_some(queued);
                     }
-                    self.sup.reaped(id, ending, queued == 0, now);
+                    self.sup.reaped(id, ending, queued == 0 && !carried, now);
                 }
                 None => log::debug!("reaped pid {pid} (not a daemon){ending}"),
             }
@@ -759,8 +766,10 @@ impl Runtime {
         self.reap();
     }
 
-    /// Writes what is left, waiting for a slow reader a bounded time.
-    fn final_flush(&mut self) {
+    /// Writes what is left, `last` (the `exit N` line) last, waiting for a
+    /// slow reader (or a failed stdout's retries) a bounded time.
+    fn final_flush(&mut self, last: Option<&str>) {
+        self.out.finish(last);
         let deadline = Instant::now() + FINAL_FLUSH;
         let mut events = Events::with_capacity(16);
         loop {
@@ -774,7 +783,11 @@ impl Runtime {
                 return;
             }
             if !self.out.ready() {
-                match self.poll.poll(&mut events, Some(deadline - now)) {
+                let wake = self.out.next_retry().map_or(deadline, |r| r.min(deadline));
+                match self
+                    .poll
+                    .poll(&mut events, Some(wake.saturating_duration_since(now)))
+                {
                     Ok(()) => {
                         if events.iter().any(|e| e.token() == STDOUT) {
                             self.out.set_writable();

@@ -93,6 +93,8 @@ pub enum Reader {
     /// Read steadily at about this many bytes per second, in small reads:
     /// a log reader that is slow but never stalls.
     Slow(usize),
+    /// Stdout is this file (not a pipe): the output is read from it.
+    File(PathBuf),
 }
 
 impl Spec {
@@ -227,10 +229,17 @@ impl Init {
         } else {
             cmd = Command::new(binary());
         }
+        let stdout = match &spec.stdout {
+            Reader::File(path) => match std::fs::File::create(path) {
+                Ok(f) => Stdio::from(f),
+                Err(e) => panic!("create {}: {e}", path.display()),
+            },
+            _ => Stdio::piped(),
+        };
         cmd.args(&args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::inherit());
         for (k, v) in &spec.env {
             cmd.env(k, v);
@@ -351,6 +360,9 @@ impl Init {
 
     /// Everything written to stdout so far, as bytes.
     pub fn raw_output(&self) -> Vec<u8> {
+        if let Reader::File(path) = &self.mode {
+            return std::fs::read(path).unwrap_or_default();
+        }
         self.captured.0.lock().unwrap().bytes.clone()
     }
 
@@ -366,6 +378,15 @@ impl Init {
     /// Waits until the output satisfies `pred`.
     pub fn wait_until(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + timeout;
+        if let Reader::File(_) = &self.mode {
+            while !pred(&self.output()) {
+                if Instant::now() >= deadline {
+                    self.fail(&format!("timed out waiting for {what}"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return;
+        }
         let (lock, cvar) = &*self.captured;
         let mut c = lock.lock().unwrap();
         loop {
@@ -443,6 +464,7 @@ impl Init {
                     let _ = r.join();
                 }
             }
+            Reader::File(_) => {}
             _ => self.wait_eof(),
         }
         match status.code() {
@@ -601,16 +623,25 @@ pub fn wait_file(path: &Path, timeout: Duration) -> bool {
 /// Waits until `pid` no longer exists (not even as a zombie).
 /// The pid a daemon wrote into `path` (`echo $$ > name.pid`), once the
 /// file is there.
+/// (A shell creates the file before it writes the pid: an empty or
+/// partial file is read again.)
 pub fn pid_file(path: &Path) -> i32 {
     assert!(
         wait_file(path, DEADLINE),
         "{} never appeared",
         path.display()
     );
-    let text = std::fs::read_to_string(path).unwrap();
-    text.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{}: not a pid: {text:?}", path.display()))
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(pid) = text.strip_suffix('\n').and_then(|t| t.trim().parse().ok()) {
+            return pid;
+        }
+        if Instant::now() > deadline {
+            panic!("{}: not a pid: {text:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 pub fn wait_gone(pid: i32, timeout: Duration) -> bool {

@@ -361,6 +361,163 @@ fn wait_delivered(pid: i32, sig: i32) {
     }
 }
 
+// --- 4. sidecar-init's own lines --------------------------------------------
+
+#[test]
+fn five_thousand_starting_lines_all_come_out() {
+    // 5,000 daemons (`true`) and a reader that keeps up. At 41219d5, 2,702
+    // `starting` lines were dropped as if stdout was not being read.
+    // Measured: all 5,000 `starting` and exit lines, no drop notice, and
+    // `exit 0` last.
+    let n = 5000;
+    let procfile: String = (0..n).map(|i| format!("d{i}: true\n")).collect();
+    let started = Instant::now();
+    let mut init = Spec::procfile(&procfile).start();
+    let code = init.wait_exit(Duration::from_secs(60));
+    eprintln!("5,000 daemons started and gone in {:?}", started.elapsed());
+    assert_eq!(code, 0);
+    let lines = init.lines();
+    let count = |what: &str| lines.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count("sidecar-init: starting d"), n, "starting lines");
+    assert_eq!(count(" exited with code 0"), n, "exit lines");
+    init.expect_not("dropped");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("sidecar-init: exit 0")
+    );
+}
+
+#[test]
+fn an_own_line_over_the_line_limit_is_split_whole() {
+    // 20,000 unknown names in the selection make a warning of about 100 KB.
+    // At 41219d5 it was dropped whole (and counted as not read). Measured:
+    // it comes out as lines of at most the line limit (64 KiB, then
+    // `--line-max 1000`) that put together are the whole warning.
+    let alphabet: Vec<char> = ('a'..='z').chain('A'..='Z').chain('0'..='9').collect();
+    let names: Vec<String> = (0..20_000)
+        .map(|i| {
+            let n = alphabet.len();
+            [i / (n * n), i / n % n, i % n]
+                .iter()
+                .map(|&k| alphabet[k])
+                .collect::<String>()
+                + "x"
+        })
+        .collect();
+    let want = format!(
+        "CLAUDE_BOTTLE_SIDECAR_DAEMONS names unknown daemons, ignored: {}",
+        names.join(", ")
+    );
+    for (args, max) in [(&[][..], 65536), (&["--line-max", "1000"][..], 1000)] {
+        let selection = format!("a,{}", names.join(","));
+        let (code, _, init) = Spec::procfile("a: true\n")
+            .args(args)
+            .env("CLAUDE_BOTTLE_SIDECAR_DAEMONS", &selection)
+            .run();
+        assert_eq!(code, 0);
+        let lines = init.lines();
+        let first = lines
+            .iter()
+            .position(|l| l.starts_with("sidecar-init: CLAUDE_BOTTLE_SIDECAR_DAEMONS"))
+            .unwrap_or_else(|| init.fail("no warning"));
+        let pieces: Vec<&str> = lines[first..]
+            .iter()
+            .map_while(|l| l.strip_prefix("sidecar-init: "))
+            .take(want.len() / max + 1)
+            .collect();
+        assert!(
+            pieces.iter().all(|p| p.len() <= max),
+            "a piece over {max} bytes"
+        );
+        if pieces.concat() != want {
+            init.fail(&format!(
+                "the warning is not whole: {} pieces, {} of {} bytes",
+                pieces.len(),
+                pieces.concat().len(),
+                want.len()
+            ));
+        }
+        init.expect_not("dropped");
+    }
+}
+
+#[test]
+fn own_lines_dropped_in_a_stall_are_counted_in_place() {
+    // Stdout stalls (a `yes` fills it and nobody reads). After more than a
+    // second of that, SIGHUP, SIGUSR1 and SIGUSR2 each log a 40 KB
+    // forwarding line (the daemon's name is that long), and SIGTERM a short
+    // one. The queue keeps 64 KiB while stdout is stalled: the first
+    // forwarding line, not the next two. Measured: once the reader is
+    // back, the notice of the two comes before the shutdown line that
+    // followed them (at 41219d5 it came after, wherever the queue was next
+    // emptied), and `exit 0` is last.
+    let name = "n".repeat(40 * 1024);
+    let procfile = format!(
+        "spew: sh -c 'trap \"\" HUP USR1 USR2; touch spew.ready; exec yes spew'\n\
+         {name}: sh -c 'trap \"\" HUP USR1 USR2; exec sleep 1000'\n"
+    );
+    let mut init = Spec::procfile(&procfile)
+        .stdout(Reader::StallUntil("go".into()))
+        .start();
+    let dir = init.dir.path().to_path_buf();
+    assert!(
+        wait_file(&dir.join("spew.ready"), DEADLINE),
+        "spew never started"
+    );
+    // The queue may drop once stdout has made no progress for a second.
+    if !wait_stdout_still(init.pid, Duration::from_millis(1300)) {
+        init.fail("stdout never stalled");
+    }
+    for sig in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, SIGTERM] {
+        init.signal(sig);
+        wait_delivered(init.pid, sig);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(dir.join("go"), "").unwrap();
+    assert_eq!(init.wait_exit(DEADLINE), 0);
+    let out = init.raw_output();
+    let own = own_lines(&out).replace(&name, "NAME");
+    let own: Vec<&str> = own
+        .lines()
+        .filter(|l| !l.starts_with("sidecar-init: starting"))
+        .collect();
+    assert_eq!(
+        own[..3],
+        [
+            "sidecar-init: forwarding SIGHUP to spew, NAME",
+            "sidecar-init: 2 log lines dropped: stdout was not being read",
+            "sidecar-init: shutting down (SIGTERM); forwarding SIGTERM",
+        ],
+        "{own:#?}"
+    );
+    assert_eq!(own.last(), Some(&"sidecar-init: exit 0"), "{own:#?}");
+}
+
+/// Waits (up to the deadline) until the pipe that is `pid`'s stdout has
+/// held the same number of bytes for `still`: its writer is stalled.
+fn wait_stdout_still(pid: i32, still: Duration) -> bool {
+    let fill = || {
+        // Another opening of the pipe, for FIONREAD only.
+        let f = std::fs::File::open(format!("/proc/{pid}/fd/1")).ok()?;
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int.
+        let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::FIONREAD, &mut n) };
+        (r == 0).then_some(n)
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let (mut last, mut since) = (fill(), Instant::now());
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fill();
+        if now != last || now.is_none_or(|n| n == 0) {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= still {
+            return true;
+        }
+    }
+    false
+}
+
 // --- 5. hostile configuration ----------------------------------------------
 
 /// Runs `sidecar-init ARGS` with `env`; its exit code, stdout and run time.
@@ -558,6 +715,176 @@ fn spawns_short_of_descriptors_are_125_with_the_cause_and_retried() {
         .find(|l| l.starts_with("sidecar-init: error: cannot start d"))
         .unwrap_or_else(|| init.fail("no spawn error"));
     assert!(cause.ends_with(": Too many open files"), "{cause}");
+}
+
+#[test]
+fn a_reader_that_stalls_for_good_gets_whole_lines() {
+    // Nobody ever reads stdout; `seq` writes 120,000 lines (all of which
+    // fit in stdout's pipe and the output buffer) and exits. sidecar-init
+    // gives up on the reader 2 s after the end. At 41219d5 the log in the
+    // pipe ended in the middle of a line (`[a] 1050`). Measured: it ends
+    // with a newline, and every line in it is whole: `[a] N` in order from
+    // 1, or one of sidecar-init's own.
+    let mut init = Spec::procfile("a: seq 1 120000\n")
+        .stdout(Reader::Stall)
+        .start();
+    assert_eq!(init.wait_exit(DEADLINE), 0);
+    let out = init.raw_output();
+    assert!(out.len() > 64 * 1024, "only {} bytes got out", out.len());
+    let tail = String::from_utf8_lossy(&out[out.len() - 60..]).into_owned();
+    assert!(out.ends_with(b"\n"), "the log ends inside a line: {tail:?}");
+    let mut next = 1u64;
+    for line in lines_of(&out) {
+        if line.starts_with(b"sidecar-init: ") {
+            continue;
+        }
+        let n = line
+            .strip_prefix(b"[a] ")
+            .and_then(|n| std::str::from_utf8(n).ok());
+        match n.and_then(|n| n.parse::<u64>().ok()) {
+            Some(n) if n == next => next += 1,
+            _ => panic!(
+                "line {next} is {:?}; the log ends {tail:?}",
+                String::from_utf8_lossy(line)
+            ),
+        }
+    }
+    eprintln!(
+        "{} whole lines got out to a reader stalled for good",
+        next - 1
+    );
+}
+
+#[test]
+fn a_reader_stalled_at_exit_gets_the_drop_notice_and_exit_last() {
+    // As above, with 3,004-byte lines: a pipe page holds one, so the pipe
+    // stalled for good still has room for two short lines. Measured: the
+    // last two lines that got out are the count of the lines given up (the
+    // daemon's and sidecar-init's own) and `exit 0`.
+    let procfile = "a: sh -c 'for i in $(seq 1 400); do printf \"%03d%03000d\\n\" $i 0; done'\n";
+    let mut init = Spec::procfile(procfile).stdout(Reader::Stall).start();
+    assert_eq!(init.wait_exit(DEADLINE), 0);
+    let out = init.raw_output();
+    let lines: Vec<&[u8]> = lines_of(&out).collect();
+    let last: Vec<String> = lines[lines.len().saturating_sub(2)..]
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    let got = lines.iter().filter(|l| l.starts_with(b"[a] ")).count();
+    let own = [
+        "sidecar-init: starting a",
+        "sidecar-init: a exited with code 0; no daemons left",
+    ];
+    let own_missing = own
+        .iter()
+        .filter(|o| !lines.contains(&o.as_bytes()))
+        .count();
+    let dropped = 400 - got + own_missing;
+    assert!(
+        last.len() == 2
+            && last[0]
+                == format!("sidecar-init: {dropped} lines dropped: stdout was not being read")
+            && last[1] == "sidecar-init: exit 0",
+        "{got} lines of 400 got out, then {last:?}"
+    );
+}
+
+/// A tmpfs of `size` mounted for one test, unmounted after it.
+struct Tmpfs {
+    dir: crate::harness::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = crate::harness::TempDir::new();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("mount not runnable: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn output_resumes_after_a_full_disk_with_a_count_of_the_lines_dropped() {
+    // Stdout is a file on a 4 MiB tmpfs that a filler leaves 64 KiB of.
+    // `seq` writes 200,000 lines (2.2 MB framed): the disk fills. At
+    // 41219d5 a write error other than EPIPE turned output off for good.
+    // Measured: once the filler is deleted, output resumes (retried every
+    // second) with `N lines dropped: stdout failed (No space left on
+    // device)`, and the lines in the file plus N are all 200,000, each
+    // whole and in order.
+    let test = "output_resumes_after_a_full_disk_with_a_count_of_the_lines_dropped";
+    let Some(disk) = need(test, "tmpfs", Tmpfs::mount("4m")) else {
+        return;
+    };
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 4 * 1024 * 1024 - 64 * 1024])
+        .unwrap_or_else(|e| panic!("write {}: {e}", filler.display()));
+    let log = disk.path().join("log");
+    let lines = 200_000;
+    let mut init = Spec::procfile(&format!(
+        "a: sh -c 'seq 1 {lines}; touch written; exec sleep 1000'\n"
+    ))
+    .stdout(Reader::File(log.clone()))
+    .start();
+    assert!(
+        wait_file(&init.dir.path().join("written"), DEADLINE),
+        "seq did not get its lines out: {} bytes in the log",
+        std::fs::metadata(&log).map_or(0, |m| m.len())
+    );
+    // Let sidecar-init read (and drop) the rest of the pipe.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(&filler).unwrap();
+    let notice = "lines dropped: stdout failed (No space left on device)";
+    init.wait_until("the drop notice", Duration::from_secs(5), |out| {
+        out.contains(notice)
+    });
+    init.signal(SIGTERM);
+    assert_eq!(init.wait_exit(DEADLINE), 0);
+    let out = init.raw_output();
+    let text = String::from_utf8_lossy(&out);
+    let dropped: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sidecar-init: ")?.strip_suffix(notice))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| init.fail("no count in the notice"));
+    let got = numbered(&out, b"[a] ");
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]) && got.iter().all(|&n| (1..=lines).contains(&n)),
+        "lines out of order or garbled"
+    );
+    eprintln!(
+        "{} lines written, {dropped} dropped while the disk was full",
+        got.len()
+    );
+    assert!(dropped > 0);
+    assert_eq!(
+        got.len() as u64 + dropped,
+        lines,
+        "lines written and dropped"
+    );
+    assert_eq!(text.lines().last(), Some("sidecar-init: exit 0"));
 }
 
 // --- 7. an inherited signal mask --------------------------------------------
