@@ -37,9 +37,9 @@ const STDOUT_PIPE_SIZE: i32 = 1024 * 1024;
 const RETRY: Duration = Duration::from_secs(1);
 /// Writes to a pipe of at most this many bytes are atomic: all or nothing.
 const PIPE_BUF: usize = libc::PIPE_BUF;
-/// The least room (of half the pipe) worth a large write; below it, a pipe
-/// is written in atomic writes of whole lines (see [`Output::next_write`]).
-const BIG_WRITE_MIN: usize = 16 * 1024;
+/// Pipe pages the model of [`PipePages`] leaves aside for what it cannot
+/// see (a reader emptying the pipe between FIONREAD and a write).
+const PAGE_MARGIN: usize = 2;
 
 /// Where the lines go and how.
 #[derive(Debug)]
@@ -65,9 +65,9 @@ pub struct Output {
     discard: bool,
     /// When a write last made progress (or the output began).
     last_progress: Instant,
-    /// The capacity of stdout's pipe, when it is one: writes then end at
-    /// line boundaries (see [`Output::next_write`]).
-    pipe_size: Option<usize>,
+    /// Stdout's pipe, when it is one: writes then end at line boundaries
+    /// (see [`Output::next_write`]).
+    pipe: Option<PipePages>,
     /// The bytes written so far end inside a line.
     mid_line: bool,
     /// Writing failed with an error that may pass (a full disk): see
@@ -113,7 +113,7 @@ impl Output {
             pollable: false,
             discard: false,
             last_progress: Instant::now(),
-            pipe_size: None,
+            pipe: None,
             mid_line: false,
             failure: None,
             spill: None,
@@ -147,10 +147,10 @@ impl Output {
             // Only works on a pipe, and only up to /proc/sys/fs/pipe-max-size
             // without privilege: best effort.
             let _ = fcntl(io::stdout(), FcntlArg::F_SETPIPE_SZ(STDOUT_PIPE_SIZE));
-            out.pipe_size = fcntl(io::stdout(), FcntlArg::F_GETPIPE_SZ)
+            out.pipe = fcntl(io::stdout(), FcntlArg::F_GETPIPE_SZ)
                 .ok()
                 .and_then(|n| usize::try_from(n).ok())
-                .filter(|&n| n >= PIPE_BUF);
+                .and_then(PipePages::new);
             out.nonblocking = true;
             out.pollable = true;
         }
@@ -359,9 +359,12 @@ impl Output {
             if self.buf.is_empty() {
                 return;
             }
-            let len = self.next_write();
+            let (len, was_empty) = self.next_write();
             match nix::unistd::write(self.borrowed(), &self.buf.pending()[..len]) {
                 Ok(n) if n > 0 => {
+                    if let Some(pipe) = self.pipe.as_mut() {
+                        pipe.wrote(len, n, was_empty);
+                    }
                     self.mid_line = self.buf.pending()[n - 1] != b'\n';
                     self.buf.consume(n);
                     self.last_progress = Instant::now();
@@ -421,23 +424,21 @@ impl Output {
         }
     }
 
-    /// How many pending bytes to write now. Anything but a pipe takes all.
-    /// A pipe gets whole lines only, so that a reader that stops for good
-    /// finds no line cut off: while at most half of it is in use, one large
-    /// write of whole lines that fits the other half (even if the pages in
-    /// use are only half full); beyond that, a write of whole lines of at
-    /// most [`PIPE_BUF`] bytes, which the kernel takes whole or not at all.
-    /// Only a line longer than that, meeting a nearly full pipe, may be cut.
-    fn next_write(&self) -> usize {
+    /// How many pending bytes to write now, and whether the pipe was
+    /// empty. Anything but a pipe takes all. A pipe gets whole lines only,
+    /// so that a reader that stops for good finds no line cut off: as many
+    /// as the free pages of the pipe take (see [`PipePages`]), and when
+    /// that is less than [`PIPE_BUF`], a write of whole lines of at most
+    /// that much, which the kernel takes whole or not at all. Only a line
+    /// longer than that, meeting a nearly full pipe, may be cut.
+    fn next_write(&mut self) -> (usize, bool) {
         let pending = self.buf.pending();
-        let Some(size) = self.pipe_size else {
-            return pending.len();
+        let Some(pipe) = self.pipe.as_mut() else {
+            return (pending.len(), false);
         };
-        let limit = match (size / 2).checked_sub(pipe_queued(self.fd)) {
-            Some(room) if room >= BIG_WRITE_MIN => room,
-            _ => PIPE_BUF,
-        };
-        whole_lines(pending, limit)
+        let queued = pipe_queued(self.fd);
+        let limit = pipe.room(queued).max(PIPE_BUF);
+        (whole_lines(pending, limit), queued == 0)
     }
 
     fn borrowed(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -456,6 +457,85 @@ impl Output {
 impl Drop for Output {
     fn drop(&mut self) {
         self.restore();
+    }
+}
+
+/// What sidecar-init's writes have made of the pages of its stdout pipe.
+///
+/// Linux keeps a pipe's bytes in pages, one slot each, and a pipe is full
+/// when every slot is taken, however full the pages are: a write's first
+/// `len % page` bytes join the last page if they fit there (and the pipe
+/// was not empty), the rest goes to new pages, all full but the last. So
+/// the free bytes (capacity minus FIONREAD) may take fewer bytes than they
+/// say, and a write that counts on them may be cut anywhere, in the middle
+/// of a line. Replaying that rule on our own writes, with FIONREAD telling
+/// how much of them the reader has taken, gives the pages still in use,
+/// hence the bytes a write can carry whole.
+#[derive(Clone, Debug)]
+struct PipePages {
+    /// The page size, and the pipe's capacity in pages.
+    page: usize,
+    slots: usize,
+    /// Where each page that may still hold unread bytes ends, as an offset
+    /// in all the bytes written; the last one is the page being filled.
+    ends: VecDeque<u64>,
+    /// Bytes in the last page.
+    last_fill: usize,
+    /// Bytes written in all.
+    written: u64,
+}
+
+impl PipePages {
+    /// The model of an empty pipe of `size` bytes; `None` if the size is
+    /// not a whole number of pages.
+    fn new(size: usize) -> Option<PipePages> {
+        // SAFETY: sysconf has no memory effects.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+        (page > 0 && size >= page && size % page == 0).then(|| PipePages {
+            page,
+            slots: size / page,
+            ends: VecDeque::new(),
+            last_fill: 0,
+            written: 0,
+        })
+    }
+
+    /// The most bytes a write can bring into new pages, `queued` bytes
+    /// being unread (FIONREAD): the free pages, but for a margin.
+    fn room(&mut self, queued: usize) -> usize {
+        let consumed = self.written.saturating_sub(queued as u64);
+        while self.ends.front().is_some_and(|&end| end <= consumed) {
+            self.ends.pop_front();
+        }
+        if queued == 0 {
+            self.ends.clear();
+            self.last_fill = 0;
+        }
+        let used = self.ends.len() + PAGE_MARGIN;
+        self.slots.saturating_sub(used) * self.page
+    }
+
+    /// A write of `len` bytes took `n` (`was_empty`: the pipe was empty
+    /// before it): its pages, as the kernel made them.
+    fn wrote(&mut self, len: usize, n: usize, was_empty: bool) {
+        let mut rest = n;
+        let chars = len % self.page;
+        if chars > 0 && !was_empty && !self.ends.is_empty() && self.last_fill + chars <= self.page {
+            let merged = chars.min(rest);
+            self.last_fill += merged;
+            self.written += merged as u64;
+            if let Some(end) = self.ends.back_mut() {
+                *end = self.written;
+            }
+            rest -= merged;
+        }
+        while rest > 0 {
+            let k = rest.min(self.page);
+            self.written += k as u64;
+            self.ends.push_back(self.written);
+            self.last_fill = k;
+            rest -= k;
+        }
     }
 }
 
@@ -780,6 +860,75 @@ mod tests {
             "a first line longer than the limit: whole"
         );
         assert_eq!(whole_lines(b"xxxxxx", 2), 6, "no newline at all");
+    }
+
+    /// A pipe with a non-blocking write end.
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let flags = OFlag::from_bits_retain(fcntl(&w, FcntlArg::F_GETFL).unwrap());
+        fcntl(&w, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();
+        fcntl(&r, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();
+        (r, w)
+    }
+
+    #[test]
+    fn the_page_model_knows_a_real_pipes_free_pages() {
+        // Writes of many sizes, reads of many sizes in between (pages
+        // partly read, the pipe emptied now and then). After each round the
+        // model's free pages are counted against the kernel's, by filling
+        // the pipe with page-sized writes (which never join a page): they
+        // must agree exactly. And a write the model says fits is never cut.
+        let (r, w) = pipe();
+        let size = usize::try_from(fcntl(&w, FcntlArg::F_GETPIPE_SZ).unwrap()).unwrap();
+        let mut model = PipePages::new(size).unwrap();
+        let page = model.page;
+        let data = vec![b'x'; size];
+        let mut sink = vec![0u8; size];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let queued = |fd: &OwnedFd| pipe_queued(fd.as_raw_fd());
+        let mut cut_checked = 0;
+        for _round in 0..200 {
+            for _ in 0..next(12) {
+                if next(3) == 0 {
+                    let n = 1 + next(3 * page);
+                    let _ = nix::unistd::read(&r, &mut sink[..n]);
+                    continue;
+                }
+                let q = queued(&w);
+                let room = model.room(q) + PAGE_MARGIN * page;
+                let most = if next(2) == 0 { 300 } else { 3 * page };
+                let len = 1 + next(most);
+                match nix::unistd::write(&w, &data[..len]) {
+                    Ok(n) => {
+                        if len <= room.saturating_sub(page) {
+                            assert_eq!(n, len, "a write the model said fits was cut");
+                            cut_checked += 1;
+                        }
+                        model.wrote(len, n, q == 0);
+                    }
+                    Err(Errno::EAGAIN) => {}
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+            let q = queued(&w);
+            let predicted = model.clone().room(q) / page + PAGE_MARGIN;
+            let mut free = 0;
+            while nix::unistd::write(&w, &data[..page]).is_ok() {
+                free += 1;
+            }
+            assert_eq!(free, predicted, "free pages (pipe {q} bytes)");
+            // Empty it: the next round starts afresh, as the model does.
+            while nix::unistd::read(&r, &mut sink).is_ok_and(|n| n > 0) {}
+            assert_eq!(queued(&w), 0);
+            model.room(0);
+        }
+        assert!(cut_checked > 100, "only {cut_checked} writes checked");
     }
 
     #[test]

@@ -653,13 +653,14 @@ fn the_grace_kill_names_only_daemons_that_may_still_run() {
     // Stdout stalls; `polite` exits 0 at SIGTERM but its pipe cannot be
     // read while stdout is stalled, so its run is not over; `chatty` ignores
     // SIGTERM. At 41219d5 the grace's end said `SIGKILL on chatty, polite`.
-    // Measured: it names chatty alone.
+    // Measured: it names chatty alone, in the log and in the `kill` event.
     let procfile = "\
 chatty: sh -c 'trap \"\" TERM; touch chatty.ready; exec yes chatty'
 polite: sh -c 'trap \"exit 0\" TERM; touch polite.ready; while :; do sleep 1 & wait $!; done'
 ";
+    let notify = "sh -c 'echo $SIDECAR_INIT_EVENT $SIDECAR_INIT_EVENT_DAEMON >> events'";
     let mut init = Spec::procfile(procfile)
-        .args(&["--grace", "1"])
+        .args(&["--grace", "1", "--notify", notify])
         .stdout(Reader::StallUntil("go".into()))
         .start();
     let dir = init.dir.path().to_path_buf();
@@ -679,6 +680,9 @@ polite: sh -c 'trap \"exit 0\" TERM; touch polite.ready; while :; do sleep 1 & w
         .unwrap_or_else(|| init.fail("no SIGKILL at the grace's end"));
     assert_eq!(kill, "sidecar-init: grace (1s) elapsed; SIGKILL on chatty");
     init.expect("sidecar-init: polite exited with code 0");
+    let events = std::fs::read_to_string(dir.join("events")).unwrap_or_default();
+    let kills: Vec<&str> = events.lines().filter(|l| l.starts_with("kill ")).collect();
+    assert_eq!(kills, ["kill chatty"], "events:\n{events}");
 }
 
 #[test]
