@@ -16,10 +16,6 @@ use sidecar_init::{control, exit, output};
 /// `--daemons` / `SIDECAR_INIT_DAEMONS` win over it.
 const SELECTION_VAR: &str = "CLAUDE_BOTTLE_SIDECAR_DAEMONS";
 
-/// The largest Procfile read: far more than any table needs, small enough
-/// that an endless file (`/dev/zero`) is an error, not a memory hog.
-const PROCFILE_MAX: u64 = 1024 * 1024;
-
 /// The largest /etc/passwd or /etc/group read.
 const ID_FILE_MAX: u64 = 4 * 1024 * 1024;
 
@@ -71,6 +67,8 @@ fn client(args: &[String], control: Option<PathBuf>) -> i32 {
 
 fn run(config: &Config, inherited: Inherited) -> i32 {
     output::init_logger(config.log_level);
+    output::set_style(style(config));
+    output::set_line_max(config.line_max);
     let plan = match plan(config) {
         Ok(p) => p,
         Err(msg) => return fail(&msg),
@@ -211,10 +209,21 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// Reads and parses the Procfile at `path`, at most
+/// [`procfile::MAX_SIZE`] bytes of it: a larger (or endless) file is an
+/// error, not memory grown without bound.
 fn load(path: &Path) -> Result<Vec<procfile::DaemonSpec>, String> {
     let shown = path.display();
-    let text = read_bounded(path, PROCFILE_MAX)
-        .map_err(|e| format!("cannot read procfile {shown}: {e}"))?;
+    let text = match read_bounded(path, procfile::MAX_SIZE as u64) {
+        Ok(text) => text,
+        Err(e) if e.starts_with("larger than") => {
+            return Err(format!(
+                "{shown}: larger than {} MiB (the Procfile size limit)",
+                procfile::MAX_SIZE >> 20
+            ));
+        }
+        Err(e) => return Err(format!("cannot read procfile {shown}: {e}")),
+    };
     let table = procfile::parse(&text).map_err(|e| format!("{shown}:{}: {}", e.line, e.problem))?;
     if table.is_empty() {
         return Err(format!("{shown}: no daemons defined"));

@@ -8,7 +8,13 @@
 //! backslash-newline joining lines — but nothing is expanded and no shell
 //! runs. A newline inside quotes is part of the word.
 
+use std::collections::HashSet;
 use std::fmt;
+
+/// The largest Procfile read, in bytes: far beyond any real table, small
+/// enough that an endless file (`/dev/zero`, a device, a runaway
+/// generator) is an error at once rather than memory grown without bound.
+pub const MAX_SIZE: usize = 1024 * 1024;
 
 /// One daemon: its unique name and the argv it is started with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,7 +78,7 @@ fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
 }
 
-/// Parses Procfile text into a table.
+/// Parses Procfile text into a table, in time linear in its length.
 ///
 /// ```
 /// use sidecar_init::procfile::{parse, DaemonSpec};
@@ -100,9 +106,10 @@ pub fn parse(text: &[u8]) -> Result<Vec<DaemonSpec>, ParseError> {
     };
     let mut lexer = Lexer::new(text);
     let mut table: Vec<DaemonSpec> = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
     while let Some(entry_line) = lexer.next_entry() {
         let name = lexer.name()?;
-        if table.iter().any(|d| d.name == name) {
+        if !names.insert(name.clone()) {
             return Err(lexer.error_at(entry_line, format!("duplicate daemon name '{name}'")));
         }
         let argv = lexer.words()?;
@@ -407,7 +414,7 @@ pub(crate) fn single_quote(word: &str) -> String {
 /// order, and the listed names the table does not have.
 ///
 /// Names are trimmed and empty items skipped; an unset, empty or all-blank
-/// value selects every daemon.
+/// value selects every daemon. Linear in the table and the list.
 pub fn select(table: Vec<DaemonSpec>, wanted: Option<&str>) -> (Vec<DaemonSpec>, Vec<String>) {
     let wanted: Vec<&str> = wanted
         .unwrap_or("")
@@ -418,15 +425,17 @@ pub fn select(table: Vec<DaemonSpec>, wanted: Option<&str>) -> (Vec<DaemonSpec>,
     if wanted.is_empty() {
         return (table, Vec::new());
     }
-    let mut unknown: Vec<String> = Vec::new();
-    for name in &wanted {
-        if !table.iter().any(|d| d.name == *name) && !unknown.iter().any(|u| u == name) {
-            unknown.push(name.to_string());
-        }
-    }
+    let known: HashSet<&str> = table.iter().map(|d| d.name.as_str()).collect();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let unknown: Vec<String> = wanted
+        .iter()
+        .filter(|&&name| !known.contains(name) && seen.insert(name))
+        .map(|name| name.to_string())
+        .collect();
+    let wanted: HashSet<&str> = wanted.into_iter().collect();
     let selected = table
         .into_iter()
-        .filter(|d| wanted.contains(&d.name.as_str()))
+        .filter(|d| wanted.contains(d.name.as_str()))
         .collect();
     (selected, unknown)
 }
@@ -582,6 +591,38 @@ mod tests {
         let (s, unknown) = select(all(), Some("nope"));
         assert!(s.is_empty());
         assert_eq!(unknown, ["nope"]);
+    }
+
+    #[test]
+    fn a_large_table_keeps_every_rule() {
+        // 40,000 entries (quadratic name checks took seconds here): every
+        // one is kept, in order, and a duplicate of the first is found on
+        // the last line.
+        let mut text: String = (0..40_000).map(|i| format!("d{i}: sleep {i}\n")).collect();
+        let table = ok(&text);
+        assert_eq!(table.len(), 40_000);
+        assert_eq!(
+            table[39_999],
+            DaemonSpec::new("d39999", &["sleep", "39999"])
+        );
+        text.push_str("d0: again\n");
+        let e = err(text.as_bytes());
+        assert_eq!(
+            (e.line, e.problem.as_str()),
+            (40_001, "duplicate daemon name 'd0'")
+        );
+        // Selecting half of them and naming unknown ones, some twice.
+        let wanted: Vec<String> = (0..40_000)
+            .rev()
+            .step_by(2)
+            .map(|i| format!("d{}", i - 1))
+            .chain(["x1", "x2", "x1"].map(String::from))
+            .collect();
+        let (selected, unknown) = select(table, Some(&wanted.join(",")));
+        assert_eq!(selected.len(), 20_000);
+        assert_eq!(selected[0].name, "d0", "table order");
+        assert_eq!(selected[1].name, "d2");
+        assert_eq!(unknown, ["x1", "x2"]);
     }
 
     #[test]

@@ -118,6 +118,30 @@ impl std::fmt::Debug for Inherited {
     }
 }
 
+/// The thread's signal mask, set to another one until dropped.
+struct SpawnMask(libc::sigset_t);
+
+impl SpawnMask {
+    fn set(mask: &libc::sigset_t) -> SpawnMask {
+        // SAFETY: plain libc calls on initialized sigset_t values.
+        unsafe {
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, mask, &mut old);
+            SpawnMask(old)
+        }
+    }
+}
+
+impl Drop for SpawnMask {
+    fn drop(&mut self) {
+        // SAFETY: as in `set`. Signals that came meanwhile are delivered
+        // now, to handlers that only note them.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
+        }
+    }
+}
+
 /// Every signal sidecar-init handles.
 fn handled_signals() -> Vec<i32> {
     let mut handled: Vec<i32> = vec![libc::SIGTERM, libc::SIGINT, libc::SIGCHLD];
@@ -129,8 +153,8 @@ fn handled_signals() -> Vec<i32> {
 /// the ignored signals it was started with (for its children), then
 /// unblocks every signal it handles, whatever mask it inherited, and blocks
 /// SIGTTOU and SIGTTIN, so that neither its writes to a terminal whose
-/// foreground is the main program nor `tcsetpgrp` ever stop it (std and
-/// [`Runtime::restore_signals`] give children their own mask).
+/// foreground is the main program nor `tcsetpgrp` ever stop it
+/// ([`Runtime::spawn`] gives children the mask they started with instead).
 pub fn prepare_signals() -> Inherited {
     // SAFETY: plain libc calls on local, initialized sigset_t values.
     unsafe {
@@ -171,7 +195,8 @@ struct Pipe {
     /// The last readiness event has not been followed by `WouldBlock` yet.
     readable: bool,
     /// Bytes still in the pipe that were there when its process was
-    /// reaped: owed to the log before its exit line.
+    /// reaped: owed to the log before its exit line. `Some(0)`: all read,
+    /// but not all framed yet (some are in the carry).
     owed: Option<usize>,
     /// A `line:` readiness text looked for in what it writes.
     watch: Option<LineWatch>,
@@ -330,6 +355,7 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
     let mut out = Output::stdout(output::DEFAULT_CAPACITY);
     out.register(poll.registry(), STDOUT);
+    output::set_line_max(settings.line_max);
 
     let mut timing = settings.timing.clone();
     timing.notify_timeout = settings
@@ -412,8 +438,8 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
     }
     // The control socket's file goes with it.
     rt.control = None;
-    log::info!("exit {code}");
-    rt.final_flush();
+    let last = log::log_enabled!(log::Level::Info).then(|| format!("exit {code}"));
+    rt.final_flush(last.as_deref());
     rt.out.restore();
     Ok(code)
 }
@@ -498,6 +524,7 @@ impl Runtime {
                     .next_deadline()
                     .into_iter()
                     .chain(control)
+                    .chain(self.out.next_retry())
                     .min()
                     .map(|d| d.saturating_duration_since(now))
             };
@@ -827,8 +854,13 @@ impl Runtime {
         let foreground = out == Out::Inherit && self.foreground_child();
         self.child_setup(&mut cmd, foreground);
         // Every descriptor of ours is close-on-exec (see `sanitize_fds`), so
-        // the child starts with 0, 1 and 2 only.
-        let child = cmd.spawn()?;
+        // the child starts with 0, 1 and 2 only. std's posix_spawn gives the
+        // child the mask the parent has at that moment, which is ours
+        // (SIGTTOU and SIGTTIN blocked): spawn under the inherited one.
+        let child = {
+            let _mask = SpawnMask::set(&self.inherited.mask);
+            cmd.spawn()?
+        };
         // The Child is dropped without waiting: `reap` owns waitpid.
         Ok((child.id() as i32, rx))
     }
@@ -872,25 +904,17 @@ impl Runtime {
     }
 
     fn handle_signals(&mut self) {
-        let received: Vec<i32> = self.signals.pending().collect();
+        let pending: Vec<i32> = self.signals.pending().collect();
+        let batch = signal_batch(&pending, SIGINTS.swap(0, Ordering::Relaxed));
         // Reap first: a daemon that died before a SIGTERM in the same batch
         // reached us was not stopped by our forwarding it (its code is 143,
         // not 0), and shutdown should not signal it.
-        if received.contains(&libc::SIGCHLD) {
+        if batch.reap {
             self.reap();
         }
-        for sig in received {
-            if sig == libc::SIGCHLD || sig == libc::SIGINT {
-                continue;
-            }
+        for sig in batch.signals {
             log::debug!("received {}", exit::signal_name(sig));
             self.sup.signal(sig, Instant::now());
-            self.apply();
-        }
-        // Every SIGINT counts: a second one kills at once.
-        for _ in 0..SIGINTS.swap(0, Ordering::Relaxed) {
-            log::debug!("received SIGINT");
-            self.sup.signal(libc::SIGINT, Instant::now());
             self.apply();
         }
     }
@@ -923,10 +947,14 @@ impl Runtime {
                 Some(id) => {
                     let s = slot(id, self.units.len());
                     let queued = self.pipes[s].as_ref().map_or(0, |p| unread(&p.rx));
+                    // Bytes read before the reap but not framed yet (the
+                    // carry) are owed as well: a read of a daemon with a
+                    // long name can take seconds to frame for a slow reader.
+                    let carried = self.carry.is_some_and(|c| c.slot == s);
                     if let Some(p) = self.pipes[s].as_mut() {
-                        p.owed = (queued > 0).then_some(queued);
+                        p.owed = (queued > 0 || carried).then_some(queued);
                     }
-                    self.sup.reaped(id, ending, queued == 0, now);
+                    self.sup.reaped(id, ending, queued == 0 && !carried, now);
                 }
                 None => log::debug!("reaped pid {pid} (not a daemon){ending}"),
             }
@@ -945,6 +973,10 @@ impl Runtime {
         if let Some(c) = self.carry.take() {
             if !self.pump(c.slot, c.start, c.end) {
                 return;
+            }
+            if self.pipes[c.slot].as_ref().and_then(|p| p.owed) == Some(0) {
+                // The last of the owed bytes are framed now.
+                self.owed_read(c.slot, 0, 0, true);
             }
         }
         // A round cut short by a full buffer resumes where it stopped, so
@@ -965,21 +997,6 @@ impl Runtime {
             match p.rx.read(&mut self.read_buf[..READ_SIZE]) {
                 Ok(0) => self.close_pipe(i),
                 Ok(n) => {
-                    if let Some(w) = p.watch.as_mut() {
-                        if w.found(&self.read_buf[..n]) {
-                            p.watch = None;
-                            if let ChildId::Unit(u) = child(i, self.units.len()) {
-                                self.sup.line_seen(u, Instant::now());
-                                self.apply();
-                            }
-                        }
-                    }
-                    let Some(p) = self.pipes[i].as_mut() else {
-                        continue;
-                    };
-                    if let Some(owed) = p.owed {
-                        self.owed_read(i, owed, n);
-                    }
                     if self.style.is_timed() {
                         // The time of the read, once per read (not per line).
                         let (name, colour) = &self.slot_names[i];
@@ -992,7 +1009,26 @@ impl Runtime {
                             now,
                         );
                     }
-                    if !self.pump(i, 0, n) {
+                    let found = p
+                        .watch
+                        .as_mut()
+                        .is_some_and(|w| w.found(&self.read_buf[..n]));
+                    let owed = p.owed;
+                    let framed = self.pump(i, 0, n);
+                    if found {
+                        // After the line that made it ready is framed.
+                        if let Some(p) = self.pipes[i].as_mut() {
+                            p.watch = None;
+                        }
+                        if let ChildId::Unit(u) = child(i, self.units.len()) {
+                            self.sup.line_seen(u, Instant::now());
+                            self.apply();
+                        }
+                    }
+                    if let Some(owed) = owed {
+                        self.owed_read(i, owed, n, framed);
+                    }
+                    if !framed {
                         self.next_pipe = (i + 1) % count;
                         return;
                     }
@@ -1001,7 +1037,7 @@ impl Runtime {
                     p.readable = false;
                     if p.owed.is_some() {
                         // Nothing left after all (someone else read it).
-                        self.owed_read(i, 0, 0);
+                        self.owed_read(i, 0, 0, true);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1013,13 +1049,18 @@ impl Runtime {
         }
     }
 
-    /// `n` of the `owed` bytes of pipe `slot` were read.
-    fn owed_read(&mut self, slot: usize, owed: usize, n: usize) {
+    /// `n` of the `owed` bytes of pipe `slot` were read, and `framed`
+    /// says whether all of them are framed (else the rest is the carry).
+    /// The owed bytes are done only once framed: until then the pipe is
+    /// not read, and a drain clock started at their last read would run
+    /// out while a sidecar-init short of CPU is still framing them.
+    fn owed_read(&mut self, slot: usize, owed: usize, n: usize, framed: bool) {
         let left = owed.saturating_sub(n);
+        let done = left == 0 && framed;
         if let Some(p) = self.pipes[slot].as_mut() {
-            p.owed = (left > 0).then_some(left);
+            p.owed = (!done).then_some(left);
         }
-        if left == 0 {
+        if done {
             let id = child(slot, self.units.len());
             self.sup.owed_done(id, Instant::now());
             self.apply();
@@ -1150,8 +1191,10 @@ impl Runtime {
         self.reap();
     }
 
-    /// Writes what is left, waiting for a slow reader a bounded time.
-    fn final_flush(&mut self) {
+    /// Writes what is left, `last` (the `exit N` line) last, waiting for a
+    /// slow reader (or a failed stdout's retries) a bounded time.
+    fn final_flush(&mut self, last: Option<&str>) {
+        self.out.finish(last);
         let deadline = Instant::now() + FINAL_FLUSH;
         let mut events = Events::with_capacity(16);
         loop {
@@ -1165,7 +1208,11 @@ impl Runtime {
                 return;
             }
             if !self.out.ready() {
-                match self.poll.poll(&mut events, Some(deadline - now)) {
+                let wake = self.out.next_retry().map_or(deadline, |r| r.min(deadline));
+                match self
+                    .poll
+                    .poll(&mut events, Some(wake.saturating_duration_since(now)))
+                {
                     Ok(()) => {
                         if events.iter().any(|e| e.token() == STDOUT) {
                             self.out.set_writable();
@@ -1179,6 +1226,35 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+/// What one wake-up of the signal source asks for.
+#[derive(Debug, PartialEq, Eq)]
+struct SignalBatch {
+    /// SIGCHLD came: reap (before anything else).
+    reap: bool,
+    /// The signals for the supervisor, in order: each pending one once,
+    /// then SIGINT as many times as it was delivered.
+    signals: Vec<i32>,
+}
+
+/// Turns the signals signal-hook reports as pending (each once, however
+/// often it came) and the SIGINTs our own handler counted into the work
+/// of one wake-up. SIGINT is taken from the count only: a second Ctrl-C
+/// delivered before the loop looked must not merge with the first, and a
+/// SIGINT that signal-hook still reports after its count was taken in an
+/// earlier wake-up is not counted twice.
+fn signal_batch(pending: &[i32], sigints: usize) -> SignalBatch {
+    let mut signals: Vec<i32> = pending
+        .iter()
+        .copied()
+        .filter(|&s| s != libc::SIGCHLD && s != libc::SIGINT)
+        .collect();
+    signals.extend(std::iter::repeat_n(libc::SIGINT, sigints));
+    SignalBatch {
+        reap: pending.contains(&libc::SIGCHLD),
+        signals,
     }
 }
 
@@ -1452,6 +1528,32 @@ mod tests {
             );
             assert!(size <= READ_SIZE, "a full pipe fits one read");
         }
+    }
+
+    #[test]
+    fn every_counted_sigint_reaches_the_supervisor() {
+        use libc::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+        // Two SIGINTs delivered before the loop looked: signal-hook reports
+        // one, the count says two, and two reach the supervisor (the
+        // second kills at once).
+        assert_eq!(
+            signal_batch(&[SIGINT], 2),
+            SignalBatch {
+                reap: false,
+                signals: vec![SIGINT, SIGINT]
+            }
+        );
+        // The count was taken by the wake-up before: the flag left over
+        // is not a SIGINT of its own.
+        assert_eq!(signal_batch(&[SIGINT], 0).signals, Vec::<i32>::new());
+        // A SIGINT counted before signal-hook's flag is seen still counts.
+        assert_eq!(signal_batch(&[], 1).signals, vec![SIGINT]);
+        // SIGCHLD means reap, first; other signals once each, in order,
+        // SIGINTs after them.
+        let b = signal_batch(&[SIGHUP, SIGCHLD, SIGINT, SIGTERM], 3);
+        assert!(b.reap);
+        assert_eq!(b.signals, vec![SIGHUP, SIGTERM, SIGINT, SIGINT, SIGINT]);
+        assert!(!signal_batch(&[SIGHUP], 0).reap);
     }
 
     #[test]

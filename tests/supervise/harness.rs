@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,17 @@ use std::time::{Duration, Instant};
 /// machines are shared and noisy, and a passing test never waits it out.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// The binary under test: this build's, or the one
+/// `SIDECAR_INIT_TEST_SUPERVISE_BINARY` names (to run these tests against
+/// another build, e.g. an older commit's, and see which of them fail there).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_sidecar-init")
+    static BINARY: OnceLock<String> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("SIDECAR_INIT_TEST_SUPERVISE_BINARY")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_sidecar-init").to_string())
+    })
 }
 
 /// A scratch directory removed on drop.
@@ -65,6 +74,10 @@ pub struct Spec {
     pub stdout: Reader,
     /// Files written into the test's directory before the start.
     pub files: Vec<(String, String)>,
+    /// A command that starts sidecar-init: it gets the binary and its
+    /// arguments as its own last arguments and must exec them (e.g. to
+    /// enter a cgroup, or to start it with a signal mask).
+    pub wrapper: Vec<String>,
 }
 
 /// What the test does with sidecar-init's stdout.
@@ -79,6 +92,11 @@ pub enum Reader {
     /// Read nothing until this file (relative to the test's directory)
     /// exists, then read everything: a log reader that fell behind.
     StallUntil(String),
+    /// Read steadily at about this many bytes per second, in small reads:
+    /// a log reader that is slow but never stalls.
+    Slow(usize),
+    /// Stdout is this file (not a pipe): the output is read from it.
+    File(PathBuf),
 }
 
 impl Spec {
@@ -91,6 +109,7 @@ impl Spec {
             leak_fds: false,
             stdout: Reader::Read,
             files: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -98,6 +117,12 @@ impl Spec {
     /// directory) before sidecar-init starts.
     pub fn file(mut self, name: &str, contents: &str) -> Spec {
         self.files.push((name.to_string(), contents.to_string()));
+        self
+    }
+
+    /// Starts sidecar-init through `wrapper` (see [`Spec::wrapper`]).
+    pub fn wrap(mut self, wrapper: &[&str]) -> Spec {
+        self.wrapper = wrapper.iter().map(|a| a.to_string()).collect();
         self
     }
 
@@ -202,7 +227,14 @@ impl Init {
             args.insert(0, "--procfile".into());
         }
         let mut cmd;
-        if spec.pid1 {
+        if let Some((first, rest)) = spec.wrapper.split_first() {
+            cmd = Command::new(first);
+            cmd.args(rest);
+            if spec.pid1 {
+                cmd.args(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]);
+            }
+            cmd.arg(binary());
+        } else if spec.pid1 {
             cmd = Command::new("unshare");
             cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", binary()]);
         } else if spec.leak_fds {
@@ -215,10 +247,17 @@ impl Init {
         } else {
             cmd = Command::new(binary());
         }
+        let stdout = match &spec.stdout {
+            Reader::File(path) => match std::fs::File::create(path) {
+                Ok(f) => Stdio::from(f),
+                Err(e) => panic!("create {}: {e}", path.display()),
+            },
+            _ => Stdio::piped(),
+        };
         cmd.args(&args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::inherit());
         // Each run's own control socket: tests run side by side, and the
         // default places are shared (one would answer another's probe).
@@ -233,7 +272,6 @@ impl Init {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {command}: {e}"));
-        let mut stdout = child.stdout.take().expect("piped stdout");
         let captured: Arc<(Mutex<Captured>, Condvar)> = Arc::default();
         let shared = Arc::clone(&captured);
         let mode = spec.stdout.clone();
@@ -241,50 +279,70 @@ impl Init {
             Reader::StallUntil(name) => Some(dir.path().join(name)),
             _ => None,
         };
-        let reader = std::thread::spawn(move || {
-            let (lock, cvar) = &*shared;
-            if let Some(file) = release {
-                // Bounded like every wait: the test fails on its own
-                // deadlines if the file never comes.
-                wait_file(&file, 4 * DEADLINE);
-            }
-            if let Reader::Stall = mode {
-                // Hold the pipe open without reading until sidecar-init is
-                // gone (the test marks eof), then let it go.
-                let mut c = lock.lock().unwrap();
-                while !c.eof {
-                    c = cvar.wait(c).unwrap();
+        let reader = child.stdout.take().map(|mut stdout| {
+            std::thread::spawn(move || {
+                let (lock, cvar) = &*shared;
+                if let Some(file) = release {
+                    // Bounded like every wait: the test fails on its own
+                    // deadlines if the file never comes.
+                    wait_file(&file, 4 * DEADLINE);
                 }
-                drop(stdout);
-                return;
-            }
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = stdout.read(&mut buf).unwrap_or(0);
-                let mut c = lock.lock().unwrap();
-                if n == 0 {
-                    c.eof = true;
+                if let Reader::Stall = mode {
+                    // Hold the pipe open without reading until sidecar-init is
+                    // gone (the test marks eof), then take what is in it: what
+                    // got out to a reader that stalled for good.
+                    let mut c = lock.lock().unwrap();
+                    while !c.eof {
+                        c = cvar.wait(c).unwrap();
+                    }
+                    drop(c);
+                    let leftover = read_what_is_there(&mut stdout);
+                    lock.lock().unwrap().bytes = leftover;
                     cvar.notify_all();
                     return;
                 }
-                c.bytes.extend_from_slice(&buf[..n]);
-                if let Reader::CloseAfter(needle) = &mode {
-                    if String::from_utf8_lossy(&c.bytes).contains(needle.as_str()) {
-                        // Closing the read end: sidecar-init's next write
-                        // gets EPIPE. Mark eof so waits do not hang.
+                let (chunk, rate) = match mode {
+                    Reader::Slow(rate) => (16 * 1024, Some(rate as f64)),
+                    _ => (64 * 1024, None),
+                };
+                let started = Instant::now();
+                let mut total = 0usize;
+                let mut buf = vec![0u8; chunk];
+                loop {
+                    if let Some(rate) = rate {
+                        // Ahead of the rate: wait until it catches up.
+                        let due = Duration::from_secs_f64(total as f64 / rate);
+                        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(ahead);
+                        }
+                    }
+                    let n = stdout.read(&mut buf).unwrap_or(0);
+                    total += n;
+                    let mut c = lock.lock().unwrap();
+                    if n == 0 {
                         c.eof = true;
                         cvar.notify_all();
                         return;
                     }
+                    c.bytes.extend_from_slice(&buf[..n]);
+                    if let Reader::CloseAfter(needle) = &mode {
+                        if String::from_utf8_lossy(&c.bytes).contains(needle.as_str()) {
+                            // Closing the read end: sidecar-init's next write
+                            // gets EPIPE. Mark eof so waits do not hang.
+                            c.eof = true;
+                            cvar.notify_all();
+                            return;
+                        }
+                    }
+                    cvar.notify_all();
                 }
-                cvar.notify_all();
-            }
+            })
         });
         let mut init = Init {
             pid: child.id() as i32,
             child,
             captured,
-            reader: Some(reader),
+            reader,
             command,
             dir,
             status: None,
@@ -318,12 +376,14 @@ impl Init {
 
     /// Everything written to stdout so far (lossy).
     pub fn output(&self) -> String {
-        let c = self.captured.0.lock().unwrap();
-        String::from_utf8_lossy(&c.bytes).into_owned()
+        String::from_utf8_lossy(&self.raw_output()).into_owned()
     }
 
     /// Everything written to stdout so far, as bytes.
     pub fn raw_output(&self) -> Vec<u8> {
+        if let Reader::File(path) = &self.mode {
+            return std::fs::read(path).unwrap_or_default();
+        }
         self.captured.0.lock().unwrap().bytes.clone()
     }
 
@@ -339,10 +399,25 @@ impl Init {
     /// Waits until the output satisfies `pred`.
     pub fn wait_until(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + timeout;
+        if let Reader::File(_) = &self.mode {
+            while !pred(&self.output()) {
+                if Instant::now() >= deadline {
+                    self.fail(&format!("timed out waiting for {what}"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return;
+        }
         let (lock, cvar) = &*self.captured;
         let mut c = lock.lock().unwrap();
         loop {
-            if pred(&String::from_utf8_lossy(&c.bytes)) {
+            // Borrowed when valid (it always is): no copy of a long output
+            // on every wake-up.
+            let met = match std::str::from_utf8(&c.bytes) {
+                Ok(text) => pred(text),
+                Err(_) => pred(&String::from_utf8_lossy(&c.bytes)),
+            };
+            if met {
                 return;
             }
             let now = Instant::now();
@@ -400,12 +475,18 @@ impl Init {
                 }
             }
         };
-        if let Reader::Stall = self.mode {
-            let (lock, cvar) = &*self.captured;
-            lock.lock().unwrap().eof = true;
-            cvar.notify_all();
-        } else {
-            self.wait_eof();
+        match self.mode {
+            Reader::Stall => {
+                let (lock, cvar) = &*self.captured;
+                lock.lock().unwrap().eof = true;
+                cvar.notify_all();
+                // The reader takes what got out once the pipe is let go.
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+            }
+            Reader::File(_) => {}
+            _ => self.wait_eof(),
         }
         match status.code() {
             Some(c) => c,
@@ -494,6 +575,47 @@ impl Drop for Init {
     }
 }
 
+/// What a pipe holds now, without waiting for more (its writers may be
+/// gone or not).
+fn read_what_is_there(stdout: &mut std::process::ChildStdout) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let fd = stdout.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = nix::libc::fcntl(fd, nix::libc::F_GETFL);
+        nix::libc::fcntl(fd, nix::libc::F_SETFL, flags | nix::libc::O_NONBLOCK);
+    }
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = stdout.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    bytes
+}
+
+/// The value, or a loud skip: `None` after printing why, unless
+/// `SIDECAR_INIT_TEST_REQUIRE` (comma-separated) lists `requirement`, which
+/// makes it a failure (CI sets it where the machine has what it takes).
+pub fn need<T>(test: &str, requirement: &str, got: Result<T, String>) -> Option<T> {
+    match got {
+        Ok(v) => Some(v),
+        Err(why) => {
+            let required = std::env::var("SIDECAR_INIT_TEST_REQUIRE").unwrap_or_default();
+            if required.split(',').any(|r| r.trim() == requirement) {
+                panic!("{test}: SIDECAR_INIT_TEST_REQUIRE has {requirement}, but {why}");
+            }
+            skip(
+                test,
+                &format!("{why} (SIDECAR_INIT_TEST_REQUIRE={requirement} makes this a failure)"),
+            );
+            None
+        }
+    }
+}
+
 fn exe_is_sidecar(pid: i32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.to_string_lossy().contains("sidecar-init"))
@@ -544,16 +666,25 @@ pub fn wait_file(path: &Path, timeout: Duration) -> bool {
 /// Waits until `pid` no longer exists (not even as a zombie).
 /// The pid a daemon wrote into `path` (`echo $$ > name.pid`), once the
 /// file is there.
+/// (A shell creates the file before it writes the pid: an empty or
+/// partial file is read again.)
 pub fn pid_file(path: &Path) -> i32 {
     assert!(
         wait_file(path, DEADLINE),
         "{} never appeared",
         path.display()
     );
-    let text = std::fs::read_to_string(path).unwrap();
-    text.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{}: not a pid: {text:?}", path.display()))
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(pid) = text.strip_suffix('\n').and_then(|t| t.trim().parse().ok()) {
+            return pid;
+        }
+        if Instant::now() > deadline {
+            panic!("{}: not a pid: {text:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
