@@ -7,6 +7,7 @@ mod backpressure;
 mod cli;
 mod config;
 mod control;
+mod formats;
 mod hostile;
 mod mainprog;
 mod output;
