@@ -117,7 +117,7 @@ fn json_keeps_the_order_and_loses_nothing_at_speed() {
     }
     // An exit line after each daemon's last line.
     let pos = |pred: &dyn Fn(&serde_json::Map<String, serde_json::Value>) -> bool| {
-        lines.iter().position(|m| pred(m)).unwrap()
+        lines.iter().position(pred).unwrap()
     };
     let last_a = lines
         .iter()
