@@ -299,6 +299,8 @@ struct Runtime {
     gave_terminal: bool,
     /// Check commands' output is logged (at debug level only).
     log_checks: bool,
+    /// sidecar-init was given a NOTIFY_SOCKET (by its own supervisor).
+    parent_notify_socket: bool,
 }
 
 /// Where a child's stdout and stderr go.
@@ -427,6 +429,7 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         control,
         gave_terminal: false,
         log_checks: log::max_level() >= log::LevelFilter::Debug,
+        parent_notify_socket: std::env::var_os("NOTIFY_SOCKET").is_some(),
     };
     rt.sup.start(Instant::now());
     rt.apply();
@@ -816,9 +819,14 @@ impl Runtime {
     ) -> io::Result<(i32, Option<Receiver>)> {
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
-            .env_remove("NOTIFY_SOCKET")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .process_group(0);
+        // A NOTIFY_SOCKET of our own parent's is not the children's to use.
+        // (Only when there is one: editing the environment makes std copy
+        // all of it for every spawn.)
+        if self.parent_notify_socket && !env.iter().any(|(k, _)| k == "NOTIFY_SOCKET") {
+            cmd.env_remove("NOTIFY_SOCKET");
+        }
         if let Some(ids) = user {
             // std also drops the supplementary groups (setgroups(0)).
             cmd.uid(ids.uid).gid(ids.gid);
