@@ -37,7 +37,11 @@ fn main() -> ExitCode {
         }
         Ok(Request::Check(config)) => check(&config),
         Ok(Request::Run(config)) => {
-            let inherited = runtime::prepare_signals();
+            // A main program on a terminal becomes its foreground: only
+            // then may our writes to it or tcsetpgrp raise SIGTTOU.
+            let tty =
+                config.main.is_some() && nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+            let inherited = runtime::prepare_signals(tty);
             run(&config, inherited)
         }
         Err(e) => fail(&e.to_string()),

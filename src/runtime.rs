@@ -104,6 +104,9 @@ pub struct Inherited {
     mask: libc::sigset_t,
     /// Whether that mask blocks anything.
     masked: bool,
+    /// Whether sidecar-init's own mask is another one: children are then
+    /// spawned under the one it was started with.
+    differs: bool,
     /// Signals it handles that were ignored when it started: its children
     /// get them ignored again. A bit per signal number.
     ignored: u128,
@@ -113,6 +116,7 @@ impl std::fmt::Debug for Inherited {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inherited")
             .field("masked", &self.masked)
+            .field("differs", &self.differs)
             .field("ignored", &format_args!("{:#x}", self.ignored))
             .finish()
     }
@@ -151,11 +155,12 @@ fn handled_signals() -> Vec<i32> {
 
 /// Puts sidecar-init's signals in order, first thing: records the mask and
 /// the ignored signals it was started with (for its children), then
-/// unblocks every signal it handles, whatever mask it inherited, and blocks
-/// SIGTTOU and SIGTTIN, so that neither its writes to a terminal whose
-/// foreground is the main program nor `tcsetpgrp` ever stop it
-/// ([`Runtime::spawn`] gives children the mask they started with instead).
-pub fn prepare_signals() -> Inherited {
+/// unblocks every signal it handles, whatever mask it inherited, and, when
+/// `tty` (a main program will get the terminal), blocks SIGTTOU and
+/// SIGTTIN, so that neither its writes to a terminal whose foreground is
+/// the main program nor `tcsetpgrp` ever stop it ([`Runtime::spawn`] gives
+/// children the mask they started with instead).
+pub fn prepare_signals(tty: bool) -> Inherited {
     // SAFETY: plain libc calls on local, initialized sigset_t values.
     unsafe {
         let mut mask: libc::sigset_t = std::mem::zeroed();
@@ -175,15 +180,22 @@ pub fn prepare_signals() -> Inherited {
             libc::sigaddset(&mut unblock, sig);
         }
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut());
-        let mut tty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut tty);
-        libc::sigaddset(&mut tty, libc::SIGTTOU);
-        libc::sigaddset(&mut tty, libc::SIGTTIN);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &tty, std::ptr::null_mut());
+        if tty {
+            let mut stops: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut stops);
+            libc::sigaddset(&mut stops, libc::SIGTTOU);
+            libc::sigaddset(&mut stops, libc::SIGTTIN);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &stops, std::ptr::null_mut());
+        }
+        let mut own: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut own);
+        let differs = (1..=libc::SIGRTMAX())
+            .any(|sig| libc::sigismember(&mask, sig) != libc::sigismember(&own, sig));
         Inherited {
             mask,
             masked,
             ignored,
+            differs,
         }
     }
 }
@@ -283,8 +295,12 @@ struct Runtime {
     carry: Option<Carry>,
     /// The pipe slot the next read round starts at.
     next_pipe: usize,
-    /// What the children's stdin is: /dev/null (or an empty pipe).
+    /// What the children's stdin is when ours is not already /dev/null
+    /// (a main program keeps our stdin): /dev/null, or an empty pipe.
     null: Option<OwnedFd>,
+    /// Our own stdin was made /dev/null (no main program): children
+    /// inherit it, with no work per spawn.
+    own_stdin_null: bool,
     inherited: Inherited,
     /// sidecar-init is PID 1 of its namespace.
     pid1: bool,
@@ -406,6 +422,20 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         .control
         .as_deref()
         .and_then(|paths| open_control(paths, poll.registry()));
+    // Daemons read /dev/null. Without a main program (the only child that
+    // keeps our stdin) our own stdin becomes it, which every child then
+    // inherits for free; else each daemon gets its own copy.
+    let mut null = open_null();
+    let mut own_stdin_null = false;
+    if !units.iter().any(|u| u.spec.kind == supervisor::Kind::Main) {
+        if let Some(fd) = null.take() {
+            // SAFETY: dup2 onto fd 0, which sanitize_fds made sure is open.
+            own_stdin_null = unsafe { libc::dup2(fd.as_raw_fd(), 0) } == 0;
+            if !own_stdin_null {
+                null = Some(fd);
+            }
+        }
+    }
     let mut rt = Runtime {
         poll,
         signals,
@@ -421,7 +451,8 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         notify_argv: settings.notify,
         carry: None,
         next_pipe: 0,
-        null: open_null(),
+        null,
+        own_stdin_null,
         inherited,
         pid1,
         prober: Prober::new(CHECKS),
@@ -831,9 +862,12 @@ impl Runtime {
             // std also drops the supplementary groups (setgroups(0)).
             cmd.uid(ids.uid).gid(ids.gid);
         }
+        // /dev/null for stdin: ours already is one when no main program
+        // needs the terminal (see `run`); otherwise one per child.
         if out != Out::Inherit {
             match &self.null {
                 Some(null) => cmd.stdin(Stdio::from(null.try_clone()?)),
+                None if self.own_stdin_null => &mut cmd,
                 None => cmd.stdin(Stdio::null()),
             };
         }
@@ -865,8 +899,10 @@ impl Runtime {
         // the child starts with 0, 1 and 2 only. std's posix_spawn gives the
         // child the mask the parent has at that moment, which is ours
         // (SIGTTOU and SIGTTIN blocked): spawn under the inherited one.
-        let child = {
+        let child = if self.inherited.differs {
             let _mask = SpawnMask::set(&self.inherited.mask);
+            cmd.spawn()?
+        } else {
             cmd.spawn()?
         };
         // The Child is dropped without waiting: `reap` owns waitpid.

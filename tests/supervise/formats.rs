@@ -132,10 +132,12 @@ fn json_keeps_the_order_and_loses_nothing_at_speed() {
 #[test]
 fn timestamps_start_every_plain_line_with_the_time_of_the_read() {
     let before = now();
-    let mut init =
-        Spec::procfile("a: sh -c 'echo one; echo two; sleep 0.3; echo three; exec sleep 1000'\n")
-            .args(&["--timestamps"])
-            .start();
+    // One write of two lines (so one read), then another write later.
+    let mut init = Spec::procfile(
+        "a: sh -c 'printf \"one\\\\ntwo\\\\n\"; sleep 0.3; echo three; exec sleep 1000'\n",
+    )
+    .args(&["--timestamps"])
+    .start();
     init.wait_for("] three");
     init.signal(SIGTERM);
     assert_eq!(init.wait_exit(DEADLINE), 0);
