@@ -1261,6 +1261,13 @@ fn static_binary_is_static() {
         Ok(Some(interp)) => panic!("{} asks for the interpreter {interp}", bin.display()),
         Err(e) => panic!("{}: {e}", bin.display()),
     }
+    // The project's goal: one static binary under 1 MiB.
+    let size = fs::metadata(&bin).expect("stat the binary").len();
+    assert!(
+        size < 1024 * 1024,
+        "{} is {size} bytes, over 1 MiB (see the size notes in Cargo.toml)",
+        bin.display()
+    );
 }
 
 // ---------------------------------------------------------------------------
