@@ -45,8 +45,12 @@ const PAGE_MARGIN: usize = 2;
 /// Where the lines go and how.
 #[derive(Debug)]
 pub struct Output {
-    /// The descriptor written to: 1, or a private reopening of the terminal.
+    /// The descriptor written to: 1, or a private reopening of the terminal
+    /// or pipe it is.
     fd: RawFd,
+    /// Stdout is a socket: written with `send(MSG_DONTWAIT)`, which needs
+    /// no flag on the description it shares.
+    socket: bool,
     /// Keeps a private reopening open.
     _owned: Option<OwnedFd>,
     /// Flags of fd 1 to put back at exit, when we changed them.
@@ -97,14 +101,18 @@ struct Failure {
 impl Output {
     /// Sets up fd 1 for non-blocking writes.
     ///
-    /// O_NONBLOCK belongs to the open file description, which a terminal
-    /// shares with the shell that started us: there we reopen the terminal
-    /// through /proc to get a description of our own, and fall back to
-    /// blocking writes if that fails. A pipe or socket from the container
-    /// engine is ours alone; its flags are restored at exit all the same.
-    pub fn stdout(capacity: usize) -> Output {
+    /// O_NONBLOCK belongs to the open file description, which we share
+    /// with whoever else has it: the shell that started us on a terminal,
+    /// and the main program (`-- CMD`), which inherits our stdout and must
+    /// find it blocking as usual. So a terminal or a pipe is reopened
+    /// through /proc for a description of our own, and a socket is written
+    /// with `send(MSG_DONTWAIT)`. Only where neither works (no /proc) are
+    /// fd 1's own flags changed (and restored at exit), and not at all when
+    /// `shared` (a main program): then writes block.
+    pub fn stdout(capacity: usize, shared: bool) -> Output {
         let mut out = Output {
             fd: 1,
+            socket: false,
             _owned: None,
             restore: None,
             buf: FrameBuf::new(capacity),
@@ -127,7 +135,14 @@ impl Output {
                 return out;
             }
         };
-        if nix::unistd::isatty(io::stdout()).unwrap_or(false) {
+        let kind = nix::sys::stat::fstat(io::stdout()).map(|st| st.st_mode & libc::S_IFMT);
+        let tty = nix::unistd::isatty(io::stdout()).unwrap_or(false);
+        let fifo = kind == Ok(libc::S_IFIFO);
+        if kind == Ok(libc::S_IFSOCK) {
+            out.socket = true;
+            out.nonblocking = true;
+            out.pollable = true;
+        } else if tty || fifo {
             let reopened = std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
@@ -138,23 +153,27 @@ impl Output {
                 out._owned = Some(fd);
                 out.nonblocking = true;
                 out.pollable = true;
-            }
-        } else if flags.contains(OFlag::O_NONBLOCK)
-            || fcntl(io::stdout(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).is_ok()
-        {
-            if !flags.contains(OFlag::O_NONBLOCK) {
+            } else if fifo
+                && !shared
+                && !flags.contains(OFlag::O_NONBLOCK)
+                && fcntl(io::stdout(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).is_ok()
+            {
                 out.restore = Some(flags);
+                out.nonblocking = true;
+                out.pollable = true;
             }
-            // Only works on a pipe, and only up to /proc/sys/fs/pipe-max-size
-            // without privilege: best effort.
-            let _ = fcntl(io::stdout(), FcntlArg::F_SETPIPE_SZ(STDOUT_PIPE_SIZE));
-            out.pipe = fcntl(io::stdout(), FcntlArg::F_GETPIPE_SZ)
-                .ok()
-                .and_then(|n| usize::try_from(n).ok())
-                .and_then(PipePages::new);
-            out.nonblocking = true;
-            out.pollable = true;
+            if fifo {
+                // Only up to /proc/sys/fs/pipe-max-size without privilege:
+                // best effort.
+                let _ = fcntl(io::stdout(), FcntlArg::F_SETPIPE_SZ(STDOUT_PIPE_SIZE));
+                out.pipe = fcntl(io::stdout(), FcntlArg::F_GETPIPE_SZ)
+                    .ok()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .and_then(PipePages::new);
+            }
         }
+        // A regular file (or anything else): plain writes, which do not
+        // wait for a reader.
         out
     }
 
@@ -333,7 +352,7 @@ impl Output {
         let last = abandoned(self.buf.pending(), tail, self.mid_line);
         self.buf.clear();
         if let Some(last) = last {
-            let _ = nix::unistd::write(self.borrowed(), &last);
+            let _ = self.try_write(&last);
         }
     }
 
@@ -367,7 +386,7 @@ impl Output {
                 return;
             }
             let (len, was_empty) = self.next_write();
-            match nix::unistd::write(self.borrowed(), &self.buf.pending()[..len]) {
+            match self.write_some(len) {
                 Ok(n) if n > 0 => {
                     if let Some(pipe) = self.pipe.as_mut() {
                         pipe.wrote(len, n, was_empty);
@@ -449,6 +468,26 @@ impl Output {
         let queued = pipe_queued(self.fd);
         let limit = pipe.room(queued).max(PIPE_BUF);
         (whole_lines(pending, limit), queued == 0)
+    }
+
+    /// Writes up to `len` pending bytes without blocking (unless writes
+    /// block here, see [`Output::stdout`]).
+    fn write_some(&self, len: usize) -> nix::Result<usize> {
+        self.try_write(&self.buf.pending()[..len])
+    }
+
+    /// Writes `bytes` as far as stdout takes them without blocking.
+    fn try_write(&self, bytes: &[u8]) -> nix::Result<usize> {
+        if self.socket {
+            use nix::sys::socket::{MsgFlags, send};
+            send(
+                self.fd,
+                bytes,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            )
+        } else {
+            nix::unistd::write(self.borrowed(), bytes)
+        }
     }
 
     fn borrowed(&self) -> std::os::fd::BorrowedFd<'_> {

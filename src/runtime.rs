@@ -371,7 +371,9 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
     let poll = Poll::new()?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
-    let mut out = Output::stdout(output::DEFAULT_CAPACITY);
+    // A main program inherits our stdout: its flags are not ours to change.
+    let shared = units.iter().any(|u| u.spec.kind == supervisor::Kind::Main);
+    let mut out = Output::stdout(output::DEFAULT_CAPACITY, shared);
     out.register(poll.registry(), STDOUT);
     output::set_line_max(settings.line_max);
 

@@ -1019,3 +1019,29 @@ fn on_a_terminal_daemons_read_dev_null_and_never_stop() {
     check(&out, out.contains("[svc] svc got TERM"), "svc not stopped");
     check(&out, !out.contains("svc got INT"), "^C reached a daemon");
 }
+
+#[test]
+fn the_main_programs_stdout_stays_blocking_and_loses_nothing_to_a_slow_reader() {
+    // The main program writes straight into sidecar-init's stdout. Had
+    // sidecar-init made that description non-blocking for itself, a reader
+    // that comes late would make the program's writes fail (EAGAIN): seq
+    // gives up with a write error and most lines are lost.
+    let mut init = main_only(&[
+        "sh",
+        "-c",
+        "python3 -c 'import fcntl, os; print(\"nonblocking\", bool(fcntl.fcntl(1, fcntl.F_GETFL) & os.O_NONBLOCK))'; seq 1 300000; echo status $?",
+    ])
+    .stdout(crate::harness::Reader::StallUntil("read-now".into()))
+    .start();
+    std::thread::sleep(Duration::from_millis(700));
+    std::fs::write(init.dir.path().join("read-now"), "").unwrap();
+    assert_eq!(init.wait_exit(DEADLINE), 0);
+    let out = init.output();
+    let numbers = out
+        .lines()
+        .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+        .count();
+    assert_eq!(numbers, 300_000, "lines lost");
+    init.expect("status 0");
+    init.expect("nonblocking False");
+}
