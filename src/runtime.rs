@@ -56,6 +56,9 @@ const CONTROL_CONNS: usize = 1 << 40;
 /// Socket checks' tokens start here.
 const CHECKS: usize = 1 << 41;
 
+/// The most sd_notify datagrams read in one round of the loop.
+const NOTIFY_BATCH: usize = 64;
+
 /// Where the control socket goes when `--control` does not say: the first
 /// place it can be created.
 pub const DEFAULT_SOCKETS: [&str; 2] = ["/run/sidecar-init.sock", "/tmp/sidecar-init.sock"];
@@ -293,8 +296,9 @@ struct Runtime {
     notify_argv: Option<Vec<String>>,
     /// Bytes read but not yet framed, for lack of room in the output buffer.
     carry: Option<Carry>,
-    /// The pipe slot the next read round starts at.
-    next_pipe: usize,
+    /// Pipe slots that reported readiness and have not been read to
+    /// `WouldBlock` yet, in turn order (see `read_round`).
+    ready_slots: std::collections::VecDeque<usize>,
     /// What the children's stdin is when ours is not already /dev/null
     /// (a main program keeps our stdin): /dev/null, or an empty pipe.
     null: Option<OwnedFd>,
@@ -317,6 +321,8 @@ struct Runtime {
     log_checks: bool,
     /// sidecar-init was given a NOTIFY_SOCKET (by its own supervisor).
     parent_notify_socket: bool,
+    /// The last read of the notify socket stopped at its batch: read on.
+    notify_more: bool,
 }
 
 /// Where a child's stdout and stderr go.
@@ -452,7 +458,7 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         line_max: settings.line_max,
         notify_argv: settings.notify,
         carry: None,
-        next_pipe: 0,
+        ready_slots: std::collections::VecDeque::new(),
         null,
         own_stdin_null,
         inherited,
@@ -463,6 +469,7 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         gave_terminal: false,
         log_checks: log::max_level() >= log::LevelFilter::Debug,
         parent_notify_socket: std::env::var_os("NOTIFY_SOCKET").is_some(),
+        notify_more: false,
     };
     rt.sup.start(Instant::now());
     rt.apply();
@@ -533,7 +540,10 @@ impl Runtime {
             if self.sup.awaiting_groups() {
                 self.sup.check_groups(group_alive, now);
             }
-            self.sup.tick(now);
+            // With many units a tick costs: only when it has work to do.
+            if self.sup.has_work() || self.sup.next_deadline().is_some_and(|d| now >= d) {
+                self.sup.tick(now);
+            }
             self.apply();
             if let Some(c) = self.control.as_mut() {
                 c.tick(self.poll.registry(), now);
@@ -580,8 +590,12 @@ impl Runtime {
                     Token(t) if t >= CHECKS => self.check_event(t),
                     Token(t) if t >= CONTROL_CONNS => self.control_event(Token(t)),
                     Token(t) => {
-                        if let Some(Some(p)) = self.pipes.get_mut(t - FIRST_PIPE) {
-                            p.readable = true;
+                        let slot = t - FIRST_PIPE;
+                        if let Some(Some(p)) = self.pipes.get_mut(slot) {
+                            if !p.readable {
+                                p.readable = true;
+                                self.ready_slots.push_back(slot);
+                            }
                         }
                     }
                 }
@@ -589,10 +603,16 @@ impl Runtime {
             if signalled {
                 self.handle_signals();
             }
-            if notified {
+            if notified || self.notify_more {
                 self.read_notifications();
             }
-            self.read_round();
+            // While a batch of spawns is still to come, no pipe is read: the
+            // start-up goes on at full speed (the loop still runs between
+            // batches for signals), and the daemons' first lines come out
+            // together once all are up, as from a table started at once.
+            if !self.sup.spawning() {
+                self.read_round();
+            }
             self.out.flush();
             // While the buffer is full and the reader takes nothing, no
             // pipe is read: the supervisor's drain clocks stand still.
@@ -602,11 +622,10 @@ impl Runtime {
     }
 
     fn has_work(&self) -> bool {
-        if self.sup.has_work() || (self.out.pending() && self.out.ready()) {
+        if self.sup.has_work() || self.notify_more || (self.out.pending() && self.out.ready()) {
             return true;
         }
-        let readable = || self.pipes.iter().flatten().any(|p| p.readable);
-        self.out.room() > 0 && (self.carry.is_some() || readable())
+        self.out.room() > 0 && (self.carry.is_some() || !self.ready_slots.is_empty())
     }
 
     /// Performs the supervisor's actions, in order.
@@ -714,7 +733,10 @@ impl Runtime {
         };
         let fd = sock.as_raw_fd();
         let mut buf = [0u8; 4096];
-        loop {
+        // At most a batch per wake-up: a flood of datagrams cannot hold the
+        // loop (the rest are read in the next round, see `has_work`).
+        self.notify_more = false;
+        for _ in 0..NOTIFY_BATCH {
             let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
             let mut iov = [io::IoSliceMut::new(&mut buf)];
             let (len, pid) =
@@ -753,6 +775,8 @@ impl Runtime {
             }
             self.apply();
         }
+        // The batch is used up: there may be more.
+        self.notify_more = true;
     }
 
     /// An event for the control socket or one of its connections: every
@@ -815,9 +839,11 @@ impl Runtime {
     fn spawn_child(&mut self, id: ChildId, argv: &[String], env: &[(String, String)], out: Out) {
         let units = self.units.len();
         let now = Instant::now();
+        // A unit's check command runs as the unit does: never with more
+        // power than the daemon it checks.
         let user = match id {
-            ChildId::Unit(i) => self.units[i].user,
-            _ => None,
+            ChildId::Unit(i) | ChildId::Check(i) => self.units[i].user,
+            ChildId::Notify => None,
         };
         match self.spawn(argv, env, out, user) {
             Ok((pid, rx)) => {
@@ -1025,15 +1051,17 @@ impl Runtime {
                 self.owed_read(c.slot, 0, 0, true);
             }
         }
-        // A round cut short by a full buffer resumes where it stopped, so
-        // the daemons early in the table cannot starve the later ones.
-        let count = self.pipes.len();
-        let first = self.next_pipe;
-        for i in (first..count).chain(0..first) {
+        // Each readable pipe once per round, in the order they became
+        // readable; one still readable goes to the back. A round cut short
+        // by a full buffer leaves the rest in order for the next, so the
+        // daemons early in the table cannot starve the later ones.
+        for _ in 0..self.ready_slots.len() {
             if self.out.room() == 0 {
-                self.next_pipe = i;
                 return;
             }
+            let Some(i) = self.ready_slots.pop_front() else {
+                return;
+            };
             let Some(p) = self.pipes[i].as_mut() else {
                 continue;
             };
@@ -1060,6 +1088,9 @@ impl Runtime {
                         .as_mut()
                         .is_some_and(|w| w.found(&self.read_buf[..n]));
                     let owed = p.owed;
+                    // Read until WouldBlock (the events are edge-triggered):
+                    // its next turn comes after the others'.
+                    self.ready_slots.push_back(i);
                     let framed = self.pump(i, 0, n);
                     if found {
                         // After the line that made it ready is framed.
@@ -1075,7 +1106,6 @@ impl Runtime {
                         self.owed_read(i, owed, n, framed);
                     }
                     if !framed {
-                        self.next_pipe = (i + 1) % count;
                         return;
                     }
                 }
@@ -1086,7 +1116,7 @@ impl Runtime {
                         self.owed_read(i, 0, 0, true);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.ready_slots.push_back(i),
                 Err(e) => {
                     log::warn!("read pipe {i}: {}", describe(&e));
                     self.close_pipe(i);

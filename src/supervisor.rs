@@ -524,6 +524,12 @@ struct Unit {
     check_error: Option<String>,
     /// Liveness failures in a row.
     live_failures: u32,
+    /// A `stop` came while it was being stopped for another reason (a
+    /// failed check): it stays down once its run is over.
+    stay_down: bool,
+    /// Why it was not started, when a dependency failed (the root cause,
+    /// however long the chain: `db failed with code 1`), and that code.
+    cause: Option<(String, Option<i32>)>,
     /// Units that list this one in `after` (the main program among them).
     dependents: Vec<usize>,
 }
@@ -557,6 +563,9 @@ enum End {
 
 /// How long after the sweep's SIGKILL the last processes are waited for.
 const SWEEP_SETTLE: Duration = Duration::from_secs(1);
+/// How long a unit's leader is waited for after SIGKILL: one that does not
+/// die (stuck in the kernel, e.g. on a hung mount) is gone on without.
+const KILL_SETTLE: Duration = Duration::from_secs(2);
 
 /// The operator's notify command: one run at a time, events queued.
 #[derive(Debug)]
@@ -614,6 +623,19 @@ pub struct Supervisor {
     groups_pending: bool,
     /// The shutdown may be able to stop more units (see `advance_shutdown`).
     advance: bool,
+    /// What `next_deadline` and `units_done` last found, until the next
+    /// event or tick (see `touch`): the event loop asks for them every
+    /// round, and with many units they are worth not recomputing.
+    memo: std::cell::Cell<Option<Memo>>,
+    /// The live processes (not yet reaped) of ours, by pid.
+    pids: std::collections::HashMap<i32, ChildId>,
+}
+
+/// See `Supervisor::memo`.
+#[derive(Clone, Copy, Debug)]
+struct Memo {
+    deadline: Option<Instant>,
+    units_done: bool,
 }
 
 impl Supervisor {
@@ -642,6 +664,8 @@ impl Supervisor {
                 check_due: None,
                 check_error: None,
                 live_failures: 0,
+                stay_down: false,
+                cause: None,
                 dependents,
             })
             .collect();
@@ -664,7 +688,26 @@ impl Supervisor {
             abort_code: None,
             groups_pending: false,
             advance: false,
+            memo: std::cell::Cell::new(None),
+            pids: std::collections::HashMap::new(),
         }
+    }
+
+    /// Something happened: what `memo` holds may have changed.
+    fn touch(&self) {
+        self.memo.set(None);
+    }
+
+    fn memo(&self) -> Memo {
+        if let Some(m) = self.memo.get() {
+            return m;
+        }
+        let m = Memo {
+            deadline: self.compute_next_deadline(),
+            units_done: self.compute_units_done(),
+        };
+        self.memo.set(Some(m));
+        m
     }
 
     /// The next action to perform, in order.
@@ -699,6 +742,7 @@ impl Supervisor {
 
     /// Starts every unit whose dependencies allow it, in table order.
     pub fn start(&mut self, now: Instant) {
+        self.touch();
         for i in 0..self.units.len() {
             self.evaluate_deps(i, now);
         }
@@ -813,6 +857,7 @@ impl Supervisor {
             (s, Input::Start) if s.is_over() => {
                 let u = &mut self.units[i];
                 u.streak = 0;
+                u.cause = None;
                 u.detail.clear();
                 u.state = State::Waiting;
                 self.evaluate_deps(i, now);
@@ -899,10 +944,18 @@ impl Supervisor {
             all_ready &= s.satisfies();
         }
         if let Some(d) = failed {
-            let why = format!("{} {}", self.name(d), self.failure(d));
+            // The root cause, however long the chain of dependencies.
+            let (why, code) = match &self.units[d].cause {
+                Some(cause) => cause.clone(),
+                None => (
+                    format!("{} {}", self.name(d), self.failure(d)),
+                    self.units[d].code,
+                ),
+            };
             if self.units[i].spec.kind == Kind::Main && self.abort_code.is_none() {
-                self.abort_code = Some(self.units[d].code.unwrap_or(1).max(1));
+                self.abort_code = Some(code.unwrap_or(1).max(1));
             }
+            self.units[i].cause = Some((why.clone(), code));
             self.transition(i, Input::DepFailed(why.clone()), now);
             if self.units[i].spec.kind == Kind::Main {
                 self.begin_shutdown(&format!("the main program cannot start: {why}"), None, now);
@@ -916,25 +969,7 @@ impl Supervisor {
 
     /// Which child `pid` is, if it is one of ours (not an adopted orphan).
     pub fn child_of(&self, pid: i32) -> Option<ChildId> {
-        let live = |p: &Option<Proc>| {
-            p.as_ref()
-                .is_some_and(|p| p.pid == pid && p.ended.is_none())
-        };
-        if let Some(i) = self.units.iter().position(|u| live(&u.run)) {
-            return Some(ChildId::Unit(i));
-        }
-        if let Some(i) = self.units.iter().position(|u| {
-            u.check
-                .as_ref()
-                .and_then(|c| c.proc.as_ref())
-                .is_some_and(|p| p.pid == pid && p.ended.is_none())
-        }) {
-            return Some(ChildId::Check(i));
-        }
-        if self.notifier.as_ref().is_some_and(|n| live(&n.run)) {
-            return Some(ChildId::Notify);
-        }
-        None
+        self.pids.get(&pid).copied()
     }
 
     fn proc_mut(&mut self, id: ChildId) -> Option<&mut Proc> {
@@ -948,17 +983,20 @@ impl Supervisor {
     /// `id` runs as `pid` (its own process group), writing to a pipe if
     /// `has_pipe`.
     pub fn spawned(&mut self, id: ChildId, pid: i32, has_pipe: bool, now: Instant) {
+        self.touch();
+        self.pids.insert(pid, id);
         let mut proc = Proc::new(pid, has_pipe, now);
         match id {
             ChildId::Unit(i) => {
                 self.units[i].run = Some(proc);
                 self.transition(i, Input::Spawned, now);
             }
-            ChildId::Check(i) => {
-                if let Some(c) = self.units[i].check.as_mut() {
-                    c.proc = Some(proc);
-                }
-            }
+            ChildId::Check(i) => match self.units[i].check.as_mut() {
+                Some(c) => c.proc = Some(proc),
+                // Cancelled between its RunCheck and its spawn (a shutdown
+                // in the same tick): nobody waits for it.
+                None => self.signal_group(pid, SIGKILL),
+            },
             ChildId::Notify => {
                 if let Some(n) = self.notifier.as_mut() {
                     proc.kill_at = Some(now + n.timeout);
@@ -971,6 +1009,7 @@ impl Supervisor {
     /// `id` could not be started: `code` is 127 (not found), 126 (not
     /// executable) or 125 (no resources: descriptors, processes, memory).
     pub fn spawn_failed(&mut self, id: ChildId, code: i32, error: &str, now: Instant) {
+        self.touch();
         match id {
             ChildId::Unit(i) => {
                 let msg = format!("cannot start {}: {error}", self.name(i));
@@ -1004,6 +1043,14 @@ impl Supervisor {
     /// `id` was reaped. `pipe_empty`: nothing was left in its pipe (or it
     /// has none), so nothing is owed to the log.
     pub fn reaped(&mut self, id: ChildId, ending: Ending, pipe_empty: bool, now: Instant) {
+        self.touch();
+        match self.proc_mut(id).map(|p| p.pid) {
+            Some(pid) => {
+                self.pids.remove(&pid);
+            }
+            // A check command cancelled before it was tracked.
+            None => self.pids.retain(|_, c| *c != id),
+        }
         let Some(p) = self.proc_mut(id) else { return };
         p.ended = Some((ending, now));
         if pipe_empty || p.pipe != Pipe::Open {
@@ -1020,6 +1067,7 @@ impl Supervisor {
     /// The bytes that were in `id`'s pipe when it was reaped have all been
     /// read: what comes later is waited for a bounded time only.
     pub fn owed_done(&mut self, id: ChildId, now: Instant) {
+        self.touch();
         if let Some(p) = self.proc_mut(id) {
             p.owed_done.get_or_insert(now);
         }
@@ -1028,6 +1076,7 @@ impl Supervisor {
 
     /// `id`'s output pipe reached EOF: every line it wrote is out.
     pub fn pipe_closed(&mut self, id: ChildId, now: Instant) {
+        self.touch();
         if let Some(p) = self.proc_mut(id) {
             p.pipe = Pipe::Closed;
             p.owed_done.get_or_insert(now);
@@ -1038,6 +1087,7 @@ impl Supervisor {
     /// `id`'s pipe was given up (see [`Action::AbandonPipe`]); `lost`
     /// bytes of its output were never written out.
     pub fn pipe_abandoned(&mut self, id: ChildId, lost: usize, now: Instant) {
+        self.touch();
         let stalled = self.stalled_since.is_some();
         let longest = self.timing.drain + self.timing.drain_stall_max;
         let Some(p) = self.proc_mut(id) else { return };
@@ -1068,6 +1118,9 @@ impl Supervisor {
     /// `drain` clock for later bytes stops meanwhile (up to
     /// `drain_stall_max` in all). Called after every write attempt.
     pub fn output_stall(&mut self, since: Option<Instant>, now: Instant) {
+        if since != self.stalled_since {
+            self.touch();
+        }
         match (since, self.stalled_since) {
             (Some(s), None) => self.stalled_since = Some(s),
             // Progress was made in between: that stall ended, another began.
@@ -1118,6 +1171,7 @@ impl Supervisor {
     /// Asks `alive(pgid)` about every stopping unit whose leader is gone
     /// but whose group was not found gone yet.
     pub fn check_groups(&mut self, mut alive: impl FnMut(i32) -> bool, now: Instant) {
+        self.touch();
         self.groups_pending = false;
         let mut done = Vec::new();
         for (i, u) in self.units.iter_mut().enumerate() {
@@ -1140,11 +1194,13 @@ impl Supervisor {
     /// Whether any process that is ours to reap is left (the event loop's
     /// `waitpid` says so after every reaping round).
     pub fn children_left(&mut self, left: bool) {
+        self.touch();
         self.children_left = left;
     }
 
     /// Unit `i`'s check finished with `verdict` (socket and file checks).
     pub fn check_done(&mut self, i: usize, verdict: Result<(), String>, now: Instant) {
+        self.touch();
         if self.units[i]
             .check
             .as_ref()
@@ -1156,6 +1212,7 @@ impl Supervisor {
 
     /// Unit `i` wrote a line containing its `line:` text.
     pub fn line_seen(&mut self, i: usize, now: Instant) {
+        self.touch();
         if self.units[i].state == State::Starting {
             self.transition(i, Input::BecameReady, now);
         }
@@ -1165,6 +1222,7 @@ impl Supervisor {
     /// current run leads that group is ready, if it waits for that.
     /// Returns the unit's name when the message counted.
     pub fn notified(&mut self, pgid: i32, now: Instant) -> Option<String> {
+        self.touch();
         let i = self.units.iter().position(|u| {
             u.spec.ready == Readiness::Notify
                 && u.state == State::Starting
@@ -1178,6 +1236,7 @@ impl Supervisor {
 
     /// A signal arrived (SIGCHLD is the event loop's business, not ours).
     pub fn signal(&mut self, sig: i32, now: Instant) {
+        self.touch();
         let name = exit::signal_name(sig);
         match (sig, &self.shutdown) {
             (SIGTERM | SIGINT, None) => self.begin_shutdown(&name, Some(sig), now),
@@ -1301,6 +1360,7 @@ impl Supervisor {
     fn send_stop(&mut self, i: usize, why: Why, now: Instant) {
         let shutdown = self.shutdown.as_ref().map(|s| (s.deadline, s.signal));
         let u = &mut self.units[i];
+        let was_starting = u.state == State::Starting;
         u.state = State::Stopping(why);
         let Some(p) = u.run.as_mut() else { return };
         p.kill_at = Some(match shutdown {
@@ -1317,7 +1377,7 @@ impl Supervisor {
             self.groups_pending = true;
         }
         if let Readiness::Line(_) = u.spec.ready {
-            if u.state == State::Starting {
+            if was_starting {
                 self.actions.push_back(Action::WatchLine(i, false));
             }
         }
@@ -1343,6 +1403,7 @@ impl Supervisor {
                 continue;
             }
             p.killed = true;
+            p.kill_at = Some(now);
             p.group_done.get_or_insert(now);
             let pgid = p.pid;
             names.push(self.units[i].spec.name.clone());
@@ -1451,6 +1512,11 @@ impl Supervisor {
 
     // --- time -----------------------------------------------------------
 
+    /// Units are queued to be spawned (a start-up batch is under way).
+    pub fn spawning(&self) -> bool {
+        !self.spawn_queue.is_empty()
+    }
+
     /// Work that does not wait for time: units queued to be spawned.
     pub fn has_work(&self) -> bool {
         !self.spawn_queue.is_empty()
@@ -1466,6 +1532,7 @@ impl Supervisor {
     /// Time has passed: act on every deadline that is due, and spawn the
     /// next batch of queued units.
     pub fn tick(&mut self, now: Instant) {
+        self.touch();
         if let Some(s) = &self.shutdown {
             if !s.killed && now >= s.deadline {
                 let why = format!("grace ({}) elapsed", format_secs(self.timing.grace));
@@ -1504,6 +1571,27 @@ impl Supervisor {
                     self.log(Level::Warn, why);
                     self.signal_group(pgid, SIGKILL);
                 }
+            }
+        }
+        // A SIGKILLed leader that is not reaped after a while: go on
+        // without it (it is reaped as an orphan whenever it dies).
+        if let Some(p) = self.units[i].run.as_mut() {
+            let stuck = p.killed
+                && p.ended.is_none()
+                && p.pid > 0
+                && p.kill_at.is_some_and(|t| now >= t + KILL_SETTLE);
+            if stuck {
+                // Whenever it dies it is an orphan, not this unit's run.
+                self.pids.remove(&p.pid);
+                p.ended = Some((Ending::Signaled(SIGKILL), now));
+                p.owed_done.get_or_insert(now);
+                p.group_done.get_or_insert(now);
+                let msg = format!(
+                    "{} did not die {} after SIGKILL (stuck in the kernel?); going on without it",
+                    self.name(i),
+                    format_secs(KILL_SETTLE)
+                );
+                self.log(Level::Warn, msg);
             }
         }
         self.settle(ChildId::Unit(i), now);
@@ -1561,6 +1649,10 @@ impl Supervisor {
 
     /// The earliest instant at which [`tick`](Self::tick) has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
+        self.memo().deadline
+    }
+
+    fn compute_next_deadline(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut at = |t: Option<Instant>| {
             if let Some(t) = t {
@@ -1579,6 +1671,9 @@ impl Supervisor {
                 ));
                 if !p.killed && p.may_have_processes() {
                     at(p.kill_at);
+                }
+                if p.killed && p.ended.is_none() && p.pid > 0 {
+                    at(p.kill_at.map(|t| t + KILL_SETTLE));
                 }
             }
             if let State::Backoff(t) = u.state {
@@ -1773,9 +1868,10 @@ impl Supervisor {
         let backoff = self.timing.backoff;
         let mut restart_in = None;
         let mut give_up = false;
+        let stay_down = std::mem::take(&mut u.stay_down);
         let next = if kind == Kind::Main {
             State::Exited
-        } else if why == Some(Why::Stop) {
+        } else if why == Some(Why::Stop) || (stay_down && !shutting_down) {
             State::Stopped
         } else if why == Some(Why::Restart) && !shutting_down {
             u.restarts += 1;
@@ -1820,11 +1916,9 @@ impl Supervisor {
             _ if shutting_down || kind == Kind::Main => String::new(),
             _ if essential => "; it is essential".to_string(),
             State::Finished => String::new(),
-            _ if self
-                .units
-                .iter()
-                .enumerate()
-                .all(|(k, u)| k == i || u.state.is_over()) =>
+            _ if self.units.iter().enumerate().all(|(k, u)| {
+                k == i || matches!(u.state, State::Finished | State::Exited | State::GivenUp)
+            }) =>
             {
                 "; no daemons left".to_string()
             }
@@ -1908,6 +2002,10 @@ impl Supervisor {
 
     /// Every unit is over (or down, in a shutdown).
     fn units_done(&self) -> bool {
+        self.memo().units_done
+    }
+
+    fn compute_units_done(&self) -> bool {
         if self.shutdown.is_some() {
             self.units.iter().all(|u| u.run.is_none()) && self.spawn_queue.is_empty()
         } else {
@@ -2064,6 +2162,8 @@ impl Supervisor {
         let mut problems = Vec::new();
         if self.shutdown.is_some() {
             problems.push("shutting down".to_string());
+        } else if self.end != End::Running {
+            problems.push("exiting: every daemon is over".to_string());
         }
         for u in &self.units {
             let name = &u.spec.name;
@@ -2087,8 +2187,13 @@ impl Supervisor {
 
     /// A control request: `Ok` with a line to answer, or why it is refused.
     pub fn command(&mut self, cmd: &Command, now: Instant) -> Result<String, String> {
+        self.touch();
         if self.shutdown.is_some() {
             return Err("shutting down".into());
+        }
+        if self.end != End::Running {
+            // Every unit is over: sidecar-init is on its way out.
+            return Err("exiting: every daemon is over".into());
         }
         let name = match cmd {
             Command::Stop(n) | Command::Start(n) | Command::Restart(n) | Command::Signal(n, _) => n,
@@ -2120,7 +2225,12 @@ impl Supervisor {
                     self.units[i].state = State::Stopping(Why::Stop);
                     Ok(format!("stopping {name}"))
                 }
-                State::Stopping(_) => Ok(format!("{name} is already stopping")),
+                State::Stopping(_) => {
+                    // Stopped for a failed check: its policy would start it
+                    // again; on request it stays down.
+                    self.units[i].stay_down = true;
+                    Ok(format!("{name} is already stopping; it stays down"))
+                }
                 _ => Err(format!("{name} is not running ({})", state.as_str())),
             },
             Command::Start(_) if is_main => Err("the main program is never restarted".into()),
@@ -2643,7 +2753,9 @@ mod tests {
             Level::Warn,
             "grace (8s) elapsed; SIGKILL on a, c".into()
         )));
-        assert_eq!(s.next_deadline(), None);
+        // No grace timer any more; only the bound on the wait for the
+        // SIGKILLed leaders to be reaped.
+        assert_eq!(s.next_deadline(), Some(t0 + GRACE + KILL_SETTLE));
         for i in [0, 2] {
             close(&mut s, i, t0 + GRACE);
             reap(
@@ -2669,7 +2781,111 @@ mod tests {
             Level::Warn,
             "second SIGINT; SIGKILL on a, b".into()
         )));
-        assert_eq!(s.next_deadline(), None, "no grace timer after SIGKILL");
+        assert_eq!(
+            s.next_deadline(),
+            Some(t0 + Duration::from_millis(10) + KILL_SETTLE),
+            "no grace timer after SIGKILL, only the bound on the wait for the reap"
+        );
+    }
+
+    #[test]
+    fn a_sigkilled_leader_that_never_dies_is_gone_on_without() {
+        let t0 = Instant::now();
+        let mut s = running(&["stuck", "b"], t0);
+        s.signal(SIGINT, t0);
+        s.signal(SIGINT, t0);
+        actions(&mut s);
+        reap(&mut s, 101, Ending::Signaled(SIGKILL), t0);
+        close(&mut s, 1, t0);
+        close(&mut s, 0, t0);
+        s.tick(t0 + KILL_SETTLE - Duration::from_millis(1));
+        assert!(!over(&mut s, t0 + KILL_SETTLE - Duration::from_millis(1)));
+        s.tick(t0 + KILL_SETTLE);
+        let logs = logs(&mut s);
+        assert!(
+            logs.contains(
+                &"stuck did not die 2s after SIGKILL (stuck in the kernel?); going on without it"
+                    .to_string()
+            ),
+            "{logs:?}"
+        );
+        assert!(over(&mut s, t0 + KILL_SETTLE));
+        assert_eq!(s.exit_code(), 137);
+        assert_eq!(s.child_of(100), None, "when it dies, it is an orphan");
+    }
+
+    #[test]
+    fn a_stop_during_a_failed_checks_stop_keeps_it_down() {
+        let t0 = Instant::now();
+        let mut web = UnitSpec::daemon("web");
+        web.ready = Readiness::Notify;
+        web.ready_text = Some("notify".into());
+        web.policy = Policy::OnFailure;
+        let mut s = started(vec![web, UnitSpec::daemon("b")], timing(), t0);
+        let t = t0 + s.timing.ready_timeout;
+        s.tick(t);
+        actions(&mut s);
+        assert_eq!(
+            s.command(&Command::Stop("web".into()), t),
+            Ok("web is already stopping; it stays down".into())
+        );
+        reap(&mut s, 100, Ending::Signaled(SIGTERM), t);
+        close(&mut s, 0, t);
+        assert_eq!(
+            s.units[0].state,
+            State::Stopped,
+            "not restarted by its policy"
+        );
+        assert_eq!(s.units[0].code, Some(exit::CHECK_FAILED));
+    }
+
+    #[test]
+    fn commands_are_refused_once_every_unit_is_over() {
+        let t0 = Instant::now();
+        let mut s = running(&["a"], t0);
+        reap(&mut s, 100, Ending::Exited(0), t0);
+        close(&mut s, 0, t0);
+        s.children_left(true);
+        s.tick(t0);
+        actions(&mut s);
+        assert!(s.command(&Command::Start("a".into()), t0).is_err());
+        assert_eq!(
+            s.health(),
+            ["exiting: every daemon is over", "a: exited with code 0"]
+        );
+    }
+
+    #[test]
+    fn a_dependency_chain_names_the_root_cause() {
+        let t0 = Instant::now();
+        let specs = vec![
+            UnitSpec::daemon("d0"),
+            UnitSpec {
+                after: vec![0],
+                ..UnitSpec::daemon("d1")
+            },
+            UnitSpec {
+                after: vec![1],
+                ..UnitSpec::daemon("d2")
+            },
+            UnitSpec {
+                after: vec![2],
+                ..UnitSpec::daemon("d3")
+            },
+        ];
+        let mut specs = specs;
+        specs[0].ready = Readiness::Notify;
+        specs[0].ready_text = Some("notify".into());
+        let mut s = started(specs, timing(), t0);
+        reap(&mut s, 100, Ending::Exited(1), t0);
+        close(&mut s, 0, t0);
+        let logs = logs(&mut s);
+        for d in ["d1", "d2", "d3"] {
+            assert!(
+                logs.contains(&format!("{d} not started: d0 failed with code 1")),
+                "{logs:?}"
+            );
+        }
     }
 
     #[test]
