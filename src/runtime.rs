@@ -2,8 +2,8 @@
 //! supervisor's decisions become syscalls.
 //!
 //! One thread, one `mio::Poll` over the children's output pipes
-//! (non-blocking), a signal-hook self-pipe and stdout's write readiness,
-//! with the nearest deadline as the timeout. An idle supervisor sleeps in
+//! (non-blocking), the signal handler's wake-up pipe and stdout's write
+//! readiness, with the nearest deadline as the timeout. An idle supervisor sleeps in
 //! `epoll_wait` until a signal, a line or a deadline; it never wakes on a
 //! period.
 //!
@@ -14,12 +14,12 @@
 
 use std::ffi::OsStr;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::unix::pipe::{self, Receiver};
@@ -29,7 +29,6 @@ use nix::libc;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use signal_hook_mio::v1_0::Signals;
 
 use crate::check::Check;
 use crate::control::{self, Response, Server, UnitStatus};
@@ -43,6 +42,7 @@ use crate::plan::Unit;
 use crate::probe::{Outcome, Prober};
 use crate::supervisor::{self, Action, ChildId, Command as Cmd, Purpose, Supervisor, Timing};
 
+/// The signals' wake-up pipe.
 const SIGNALS: Token = Token(0);
 const STDOUT: Token = Token(1);
 /// The sd_notify socket.
@@ -95,10 +95,75 @@ pub struct Settings {
     pub style: Style,
 }
 
-/// SIGINTs received, counted by a handler of our own: signal-hook's
-/// iterator reports a signal once however often it came, and "Ctrl-C
-/// twice" must not be lost when both arrive before the loop wakes.
+/// Signals received and not handled yet, a bit per signal number (bit
+/// N-1 for signal N), set by [`on_signal`].
+static PENDING: AtomicU64 = AtomicU64::new(0);
+/// SIGINTs received and not handled yet, counted: the bits above say a
+/// signal came, not how often, and "Ctrl-C twice" must not be lost when
+/// both arrive before the loop wakes.
 static SIGINTS: AtomicUsize = AtomicUsize::new(0);
+/// The write end of the signals' wake-up pipe, for the handler.
+static WAKE: AtomicI32 = AtomicI32::new(-1);
+
+/// The handler of every signal sidecar-init handles: notes the signal
+/// (and counts a SIGINT) and wakes the loop through a pipe. Only
+/// async-signal-safe calls; `errno` is kept.
+///
+/// A handler of our own rather than signal-hook's registry: that one
+/// rebuilds its table for each signal registered (about 30 µs each), and
+/// with the 46 signals sidecar-init handles start-up took a millisecond
+/// more.
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGINT {
+        SIGINTS.fetch_add(1, Ordering::Relaxed);
+    }
+    if (1..=64).contains(&sig) {
+        PENDING.fetch_or(1 << (sig - 1), Ordering::Relaxed);
+    }
+    let fd = WAKE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: errno is thread-local and restored; write(2) is
+        // async-signal-safe; a full pipe (EAGAIN) already wakes the loop.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::write(fd, [0u8].as_ptr().cast(), 1);
+            *libc::__errno_location() = errno;
+        }
+    }
+}
+
+/// Installs [`on_signal`] for `signals` and returns the read end of the
+/// pipe it wakes the loop with (non-blocking, close-on-exec; the write
+/// end is non-blocking too, so the handler never waits).
+fn install_handlers(signals: &[i32]) -> io::Result<Receiver> {
+    let (tx, rx) = pipe::new()?;
+    WAKE.store(OwnedFd::from(tx).into_raw_fd(), Ordering::Relaxed);
+    for &sig in signals {
+        // SAFETY: a valid handler of the right type; SA_RESTART keeps our
+        // syscalls from failing with EINTR more than they already may.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(rx)
+}
+
+/// The signals [`on_signal`] noted since the last call, in signal-number
+/// order, and the SIGINTs it counted.
+fn take_signals() -> (Vec<i32>, usize) {
+    let bits = PENDING.swap(0, Ordering::Relaxed);
+    let pending = (0..64)
+        .filter(|b| bits & (1 << b) != 0)
+        .map(|b| b + 1)
+        .collect();
+    (pending, SIGINTS.swap(0, Ordering::Relaxed))
+}
 
 /// What sidecar-init started with, to hand on to the children unchanged.
 #[derive(Clone, Copy)]
@@ -277,7 +342,8 @@ struct Carry {
 
 struct Runtime {
     poll: Poll,
-    signals: Signals,
+    /// The read end of the signals' wake-up pipe.
+    signals: Receiver,
     sup: Supervisor,
     units: Vec<Unit>,
     /// The frame (prefix, suffix, escaping) of each pipe slot's lines.
@@ -359,15 +425,9 @@ fn child(slot: usize, units: usize) -> ChildId {
 
 /// Runs the units until every one is gone; returns the exit code.
 pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Result<i32> {
-    // Signals are registered before the first spawn, so no SIGCHLD or
+    // Signals are handled before the first spawn, so no SIGCHLD or
     // SIGTERM can slip between a spawn and the loop.
-    let mut signals = Signals::new(handled_signals())?;
-    // SAFETY: the action only increments an atomic: async-signal-safe.
-    unsafe {
-        signal_hook::low_level::register(libc::SIGINT, || {
-            SIGINTS.fetch_add(1, Ordering::Relaxed);
-        })?;
-    }
+    let mut signals = install_handlers(&handled_signals())?;
     let pid1 = std::process::id() == 1;
     if !pid1 {
         become_reaper();
@@ -583,7 +643,10 @@ impl Runtime {
             let mut notified = false;
             for event in &events {
                 match event.token() {
-                    SIGNALS => signalled = true,
+                    SIGNALS => {
+                        signalled = true;
+                        self.drain_signals();
+                    }
                     STDOUT => self.out.set_writable(),
                     NOTIFY_SOCKET => notified = true,
                     CONTROL => self.control_event(CONTROL),
@@ -975,9 +1038,17 @@ impl Runtime {
         }
     }
 
+    /// Empties the signals' wake-up pipe (edge-triggered), before the
+    /// signals it woke us for are taken: one noted after that wakes the
+    /// loop again.
+    fn drain_signals(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!(self.signals.read(&mut buf), Ok(n) if n > 0) {}
+    }
+
     fn handle_signals(&mut self) {
-        let pending: Vec<i32> = self.signals.pending().collect();
-        let batch = signal_batch(&pending, SIGINTS.swap(0, Ordering::Relaxed));
+        let (pending, sigints) = take_signals();
+        let batch = signal_batch(&pending, sigints);
         // Reap first: a daemon that died before a SIGTERM in the same batch
         // reached us was not stopped by our forwarding it (its code is 143,
         // not 0), and shutdown should not signal it.
@@ -1315,12 +1386,11 @@ struct SignalBatch {
     signals: Vec<i32>,
 }
 
-/// Turns the signals signal-hook reports as pending (each once, however
-/// often it came) and the SIGINTs our own handler counted into the work
-/// of one wake-up. SIGINT is taken from the count only: a second Ctrl-C
-/// delivered before the loop looked must not merge with the first, and a
-/// SIGINT that signal-hook still reports after its count was taken in an
-/// earlier wake-up is not counted twice.
+/// Turns the signals noted as pending (each once, however often it came)
+/// and the SIGINTs counted into the work of one wake-up. SIGINT is taken
+/// from the count only: a second Ctrl-C delivered before the loop looked
+/// must not merge with the first, and a SIGINT whose bit is still set
+/// after its count was taken in an earlier wake-up is not counted twice.
 fn signal_batch(pending: &[i32], sigints: usize) -> SignalBatch {
     let mut signals: Vec<i32> = pending
         .iter()
@@ -1609,8 +1679,8 @@ mod tests {
     #[test]
     fn every_counted_sigint_reaches_the_supervisor() {
         use libc::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
-        // Two SIGINTs delivered before the loop looked: signal-hook reports
-        // one, the count says two, and two reach the supervisor (the
+        // Two SIGINTs delivered before the loop looked: the pending bit
+        // says one, the count says two, and two reach the supervisor (the
         // second kills at once).
         assert_eq!(
             signal_batch(&[SIGINT], 2),
@@ -1622,7 +1692,7 @@ mod tests {
         // The count was taken by the wake-up before: the flag left over
         // is not a SIGINT of its own.
         assert_eq!(signal_batch(&[SIGINT], 0).signals, Vec::<i32>::new());
-        // A SIGINT counted before signal-hook's flag is seen still counts.
+        // A SIGINT counted before its bit is seen still counts.
         assert_eq!(signal_batch(&[], 1).signals, vec![SIGINT]);
         // SIGCHLD means reap, first; other signals once each, in order,
         // SIGINTs after them.
