@@ -108,7 +108,7 @@ fn unreadable_and_empty_procfiles_exit_2() {
 #[test]
 fn bad_options_exit_2_with_one_line() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 5] = [
+    let cases: &[Case] = &[
         (
             &["--grace", "soon"],
             &[],
@@ -126,8 +126,127 @@ fn bad_options_exit_2_with_one_line() {
             &[],
             "--line-max: '1' is not a byte count",
         ),
+        // Every option of readiness, one-shots, control, stop signals,
+        // users and output formats: a bad value as a flag and in its
+        // variable.
+        (
+            &["--after", "a=a"],
+            &[],
+            "--after: a dependency cycle: a → a",
+        ),
+        (
+            &[],
+            &[("SIDECAR_INIT_AFTER", "a=zz")],
+            "SIDECAR_INIT_AFTER: a=zz: no daemon named 'zz'",
+        ),
+        (&["--ready", "a=tcp:nope"], &[], "--ready: a=tcp:nope: "),
+        (
+            &[],
+            &[("SIDECAR_INIT_READY", "a=file:")],
+            "SIDECAR_INIT_READY: a=file:: ",
+        ),
+        (
+            &["--ready-timeout", "-3"],
+            &[],
+            "--ready-timeout: '-3' is not a duration",
+        ),
+        (
+            &[],
+            &[("SIDECAR_INIT_READY_TIMEOUT", "x")],
+            "SIDECAR_INIT_READY_TIMEOUT: 'x'",
+        ),
+        (&["--ready-interval", "0"], &[], "--ready-interval: '0'"),
+        (
+            &[],
+            &[("SIDECAR_INIT_READY_INTERVAL", "soon")],
+            "SIDECAR_INIT_READY_INTERVAL: 'soon'",
+        ),
+        (&["--check-timeout", "0"], &[], "--check-timeout: '0'"),
+        (
+            &[],
+            &[("SIDECAR_INIT_CHECK_TIMEOUT", "x")],
+            "SIDECAR_INIT_CHECK_TIMEOUT: 'x'",
+        ),
+        (&["--oneshot", "zz"], &[], "--oneshot: no daemon named 'zz'"),
+        (
+            &[],
+            &[("SIDECAR_INIT_ONESHOT", "zz")],
+            "SIDECAR_INIT_ONESHOT: no daemon named 'zz'",
+        ),
+        (
+            &["--essential", "zz"],
+            &[],
+            "--essential: no daemon named 'zz'",
+        ),
+        (
+            &[],
+            &[("SIDECAR_INIT_ESSENTIAL", "zz")],
+            "SIDECAR_INIT_ESSENTIAL: no daemon named 'zz'",
+        ),
+        (&["--live", "a=bogus:1"], &[], "--live: a=bogus:1: "),
+        (
+            &[],
+            &[("SIDECAR_INIT_LIVE", "a=line:x")],
+            "cannot be a liveness check",
+        ),
+        (
+            &["--live-interval", "never"],
+            &[],
+            "--live-interval: 'never'",
+        ),
+        (
+            &[],
+            &[("SIDECAR_INIT_LIVE_INTERVAL", "x")],
+            "SIDECAR_INIT_LIVE_INTERVAL: 'x'",
+        ),
+        (&["--live-failures", "0"], &[], "--live-failures: '0'"),
+        (
+            &[],
+            &[("SIDECAR_INIT_LIVE_FAILURES", "-1")],
+            "SIDECAR_INIT_LIVE_FAILURES: '-1'",
+        ),
+        (
+            &["--stop-signal", "a=SIGFOO"],
+            &[],
+            "'SIGFOO' is not a signal",
+        ),
+        (
+            &[],
+            &[("SIDECAR_INIT_STOP_SIGNAL", "99")],
+            "SIDECAR_INIT_STOP_SIGNAL: ",
+        ),
+        (&["--user", "a=nosuchuser"], &[], "--user: "),
+        (
+            &[],
+            &[("SIDECAR_INIT_USER", "a=nosuchuser")],
+            "SIDECAR_INIT_USER: ",
+        ),
+        (&["--restart", "a=sometimes"], &[], "not a restart policy"),
+        (
+            &[],
+            &[("SIDECAR_INIT_MAX_RESTARTS", "-1")],
+            "SIDECAR_INIT_MAX_RESTARTS: '-1'",
+        ),
+        (&["--notify-timeout", "x"], &[], "--notify-timeout: 'x'"),
+        (&["--log-format", "xml"], &[], "--log-format: 'xml'"),
+        (
+            &[],
+            &[("SIDECAR_INIT_LOG_FORMAT", "yaml")],
+            "SIDECAR_INIT_LOG_FORMAT: 'yaml'",
+        ),
+        (
+            &[],
+            &[("SIDECAR_INIT_TIMESTAMPS", "maybe")],
+            "SIDECAR_INIT_TIMESTAMPS: 'maybe' is not true or false",
+        ),
+        (&["--color", "sometimes"], &[], "--color: 'sometimes'"),
+        (
+            &[],
+            &[("SIDECAR_INIT_COLOR", "x")],
+            "SIDECAR_INIT_COLOR: 'x'",
+        ),
     ];
-    for (args, env, needle) in cases {
+    for &(args, env, needle) in cases {
         let mut spec = Spec::procfile("a: touch spawned\n").args(args);
         for (k, v) in env {
             spec = spec.env(k, v);
