@@ -732,11 +732,20 @@ fn main_after_sidecars(backend: &dyn Backend) {
 
 /// `docker run -t`: the main program has the engine's terminal as stdin and
 /// is its foreground process group (its own group, not PID 1's); a daemon
-/// reading its stdin reads /dev/null and is not stopped by SIGTTIN.
+/// reading its stdin reads /dev/null and is not stopped by SIGTTIN. On the
+/// terminal the daemons' names are coloured and sidecar-init's own lines
+/// dim (`--color auto`); the lines are checked without the colour.
 fn main_tty(backend: &dyn Backend) {
     let done = backend.run(&MAIN_TTY);
-    let log = &done.log;
     done.check(done.code == 0, &format!("exited {}, not 0", done.code));
+    done.check(
+        done.log.contains("\x1b[36m[reader]\x1b[0m reader done")
+            && done
+                .log
+                .contains("\x1b[2msidecar-init: starting reader\x1b[0m"),
+        "no colour on the engine's terminal",
+    );
+    let log = &strip_colour(&done.log);
     for line in [
         "[reader] reader read EOF",
         "[reader] reader stdin is /dev/null",
@@ -2984,6 +2993,25 @@ fn wait_line(run: &dyn Running, line: &str, timeout: Duration) -> String {
     wait_log(run, &format!("the line {line:?}"), timeout, |log| {
         has_line(log, line)
     })
+}
+
+/// `log` without its SGR sequences (`ESC [ ... m`): the colour.
+fn strip_colour(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(at) = rest.find("\x1b[") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        match after.find(|c: char| !(c.is_ascii_digit() || c == ';')) {
+            Some(end) if after[end..].starts_with('m') => rest = &after[end + 1..],
+            _ => {
+                out.push_str("\x1b[");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn has_line(log: &str, line: &str) -> bool {
