@@ -111,8 +111,8 @@ static WAKE: AtomicI32 = AtomicI32::new(-1);
 ///
 /// A handler of our own rather than signal-hook's registry: that one
 /// rebuilds its table for each signal registered (about 30 µs each), and
-/// with the 46 signals sidecar-init handles start-up took a millisecond
-/// more.
+/// with the 48 signals sidecar-init handles (49 with glibc) start-up took
+/// a millisecond more.
 extern "C" fn on_signal(sig: libc::c_int) {
     if sig == libc::SIGINT {
         SIGINTS.fetch_add(1, Ordering::Relaxed);
@@ -120,6 +120,12 @@ extern "C" fn on_signal(sig: libc::c_int) {
     if (1..=64).contains(&sig) {
         PENDING.fetch_or(1 << (sig - 1), Ordering::Relaxed);
     }
+    wake();
+}
+
+/// Writes a byte to the wake-up pipe, once there is one. Async-signal-safe;
+/// `errno` is kept.
+fn wake() {
     let fd = WAKE.load(Ordering::Relaxed);
     if fd >= 0 {
         // SAFETY: errno is thread-local and restored; write(2) is
@@ -132,24 +138,34 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// Installs [`on_signal`] for `signals` and returns the read end of the
-/// pipe it wakes the loop with (non-blocking, close-on-exec; the write
-/// end is non-blocking too, so the handler never waits).
-fn install_handlers(signals: &[i32]) -> io::Result<Receiver> {
+/// Installs [`on_signal`] for `sig`. Until [`wake_pipe`] gives it a pipe
+/// the handler only notes the signal, for the loop's first round.
+///
+/// # Safety
+///
+/// Plain libc calls; `on_signal` is async-signal-safe.
+unsafe fn install_handler(sig: i32) {
+    // SAFETY: a valid handler of the right type; SA_RESTART keeps our
+    // syscalls from failing with EINTR more than they already may. It
+    // cannot fail for the signals handled (none is KILL or STOP).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(sig, &action, std::ptr::null_mut());
+    }
+}
+
+/// Makes the pipe [`on_signal`] wakes the loop with and returns its read
+/// end (non-blocking, close-on-exec; the write end is non-blocking too, so
+/// the handler never waits). Signals noted before it existed (during
+/// start-up) leave a byte in it at once, so the first round takes them.
+fn wake_pipe() -> io::Result<Receiver> {
     let (tx, rx) = pipe::new()?;
-    WAKE.store(OwnedFd::from(tx).into_raw_fd(), Ordering::Relaxed);
-    for &sig in signals {
-        // SAFETY: a valid handler of the right type; SA_RESTART keeps our
-        // syscalls from failing with EINTR more than they already may.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
+    WAKE.store(OwnedFd::from(tx).into_raw_fd(), Ordering::SeqCst);
+    if PENDING.load(Ordering::SeqCst) != 0 {
+        wake();
     }
     Ok(rx)
 }
@@ -222,8 +238,10 @@ fn handled_signals() -> Vec<i32> {
 }
 
 /// Puts sidecar-init's signals in order, first thing: records the mask and
-/// the ignored signals it was started with (for its children), then
-/// unblocks every signal it handles, whatever mask it inherited, and, when
+/// the ignored signals it was started with (for its children), installs
+/// [`on_signal`] for every signal it handles (so that one coming during
+/// start-up is noted for the loop, not acted on by its default action or,
+/// as PID 1, dropped), then unblocks them, whatever mask it inherited, and, when
 /// `tty` (a main program will get the terminal), blocks SIGTTOU and
 /// SIGTTIN, so that neither its writes to a terminal whose foreground is
 /// the main program nor `tcsetpgrp` ever stop it ([`Runtime::spawn`] gives
@@ -245,6 +263,7 @@ pub fn prepare_signals(tty: bool) -> Inherited {
             {
                 ignored |= 1 << sig;
             }
+            install_handler(sig);
             libc::sigaddset(&mut unblock, sig);
         }
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut());
@@ -425,9 +444,10 @@ fn child(slot: usize, units: usize) -> ChildId {
 
 /// Runs the units until every one is gone; returns the exit code.
 pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Result<i32> {
-    // Signals are handled before the first spawn, so no SIGCHLD or
+    // The handlers have noted signals since `prepare_signals`; from now on
+    // they wake the loop too, before the first spawn, so no SIGCHLD or
     // SIGTERM can slip between a spawn and the loop.
-    let mut signals = install_handlers(&handled_signals())?;
+    let mut signals = wake_pipe()?;
     let pid1 = std::process::id() == 1;
     if !pid1 {
         become_reaper();
@@ -532,6 +552,12 @@ pub fn run(units: Vec<Unit>, settings: Settings, inherited: Inherited) -> io::Re
         notify_more: false,
     };
     rt.sup.start(Instant::now());
+    // Signals that came during start-up (noted since `prepare_signals`)
+    // count before the first spawn: a SIGTERM then starts nothing.
+    if PENDING.load(Ordering::SeqCst) != 0 {
+        rt.drain_signals();
+        rt.handle_signals();
+    }
     rt.apply();
     rt.run_loop()?;
 

@@ -1000,6 +1000,43 @@ fn started_with_sigterm_blocked_sigterm_still_stops_it() {
     init.expect("sidecar-init: shutting down (SIGTERM); forwarding SIGTERM");
 }
 
+#[test]
+fn a_sigterm_pending_at_start_is_a_shutdown_before_any_spawn() {
+    // The parent blocks SIGTERM, gets one (it stays pending across exec)
+    // and execs sidecar-init, which unblocks it first thing: the signal is
+    // delivered before the loop exists. Up to 489bb98 its handlers came
+    // only after the configuration was read, so the default action ran:
+    // sidecar-init died of SIGTERM (and as PID 1 the kernel would have
+    // dropped it: a `docker stop` during start-up lost). Measured: it is a
+    // shutdown, taken before the first spawn, and the exit is 0 with
+    // nothing started.
+    let test = "a_sigterm_pending_at_start_is_a_shutdown_before_any_spawn";
+    let setup = "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n\
+                 os.kill(os.getpid(), signal.SIGTERM)";
+    let Some(wrapper) = python_wrapper(test, setup) else {
+        return;
+    };
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let procfile = "a: touch spawned\n";
+    let mut init = Spec::procfile(procfile).wrap(&wrapper).start();
+    assert_eq!(
+        init.wait_exit(Duration::from_secs(5)),
+        0,
+        "{}",
+        init.output()
+    );
+    init.expect("sidecar-init: shutting down (SIGTERM)");
+    assert!(
+        !init.dir.path().join("spawned").exists(),
+        "a daemon was started after the SIGTERM\n{}",
+        init.output()
+    );
+    assert_eq!(
+        init.lines().last().map(String::as_str),
+        Some("sidecar-init: exit 0")
+    );
+}
+
 // --- 8. stray signals -------------------------------------------------------
 
 #[test]
