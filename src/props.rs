@@ -912,22 +912,28 @@ fn encode_word(src: &mut Source<'_>, word: &str) -> String {
     if word.is_empty() {
         return if src.below(2) == 0 { "''" } else { "\"\"" }.to_string();
     }
-    let mut out = String::new();
     let chars: Vec<char> = word.chars().collect();
+    encode_runs(src, &chars, push_escaped)
+}
+
+/// `chars` written as runs of 1..=4 characters, each run chosen by the
+/// input: in single quotes (when it holds none), in double quotes (`"`,
+/// `\`, `$` and backquote escaped, with continuations that disappear),
+/// after a backslash-newline continuation, or unquoted through `escape`
+/// (bare or backslash-escaped: what is safe outside quotes differs between
+/// a Procfile word and an option's value).
+fn encode_runs(src: &mut Source<'_>, chars: &[char], escape: impl Fn(&mut String, char)) -> String {
+    let mut out = String::new();
     let mut i = 0;
     while i < chars.len() {
-        let run = 1 + src.below(4);
-        let run = &chars[i..(i + run).min(chars.len())];
+        let run = &chars[i..(i + 1 + src.below(4)).min(chars.len())];
         i += run.len();
         match src.below(5) {
-            // Single quotes hold anything but a single quote.
             0 if !run.contains(&'\'') => {
                 out.push('\'');
                 out.extend(run);
                 out.push('\'');
             }
-            // Double quotes: `"`, `\`, `$` and backquote escaped, and a
-            // continuation that disappears.
             1 => {
                 out.push('"');
                 for &c in run {
@@ -941,18 +947,11 @@ fn encode_word(src: &mut Source<'_>, word: &str) -> String {
                 }
                 out.push('"');
             }
-            // A continuation between two parts of a word.
             2 if !out.is_empty() => {
                 out.push_str("\\\n");
-                for &c in run {
-                    push_escaped(&mut out, c);
-                }
+                run.iter().for_each(|&c| escape(&mut out, c));
             }
-            _ => {
-                for &c in run {
-                    push_escaped(&mut out, c);
-                }
-            }
+            _ => run.iter().for_each(|&c| escape(&mut out, c)),
         }
     }
     out
@@ -1397,38 +1396,7 @@ fn encode_item_value(src: &mut Source<'_>, value: &str, bare: bool) -> String {
         }
     };
     let chars: Vec<char> = value.chars().collect();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let run = &chars[i..(i + 1 + src.below(4)).min(chars.len())];
-        i += run.len();
-        match src.below(5) {
-            0 if !run.contains(&'\'') => {
-                out.push('\'');
-                out.extend(run);
-                out.push('\'');
-            }
-            1 => {
-                out.push('"');
-                for &c in run {
-                    if matches!(c, '"' | '\\' | '$' | '`') {
-                        out.push('\\');
-                    }
-                    out.push(c);
-                    if src.below(8) == 0 {
-                        out.push_str("\\\n");
-                    }
-                }
-                out.push('"');
-            }
-            2 if !out.is_empty() => {
-                out.push_str("\\\n");
-                run.iter().for_each(|&c| escaped(&mut out, c));
-            }
-            _ => run.iter().for_each(|&c| escaped(&mut out, c)),
-        }
-    }
-    out
+    encode_runs(src, &chars, escaped)
 }
 
 /// A run of 0..=2 unquoted blanks, newlines included.
