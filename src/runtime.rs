@@ -104,6 +104,13 @@ static PENDING: AtomicU64 = AtomicU64::new(0);
 static SIGINTS: AtomicUsize = AtomicUsize::new(0);
 /// The write end of the signals' wake-up pipe, for the handler.
 static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// sidecar-init's pid, for the handler to tell itself from a child
+/// between fork and exec (see [`on_signal`]); 0 until the handlers are
+/// installed.
+static OWN_PID: AtomicI32 = AtomicI32::new(0);
+/// Handled signals that were ignored when sidecar-init started (bit N-1
+/// for signal N): a child gets them ignored again, also in the handler.
+static IGNORED: AtomicU64 = AtomicU64::new(0);
 
 /// The handler of every signal sidecar-init handles: notes the signal
 /// (and counts a SIGINT) and wakes the loop through a pipe. Only
@@ -113,7 +120,39 @@ static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// rebuilds its table for each signal registered (about 30 µs each), and
 /// with the 48 signals sidecar-init handles (49 with glibc) start-up took
 /// a millisecond more.
+///
+/// A child spawned by fork (std's path for `--user`, a main program that
+/// takes the terminal, an inherited mask or ignored signals) has this
+/// handler until its exec. A signal that reaches it in between (a ^C just
+/// after the terminal became the main program's, a `kill` of its group)
+/// is the child's, not ours: the handler then gives the signal back the
+/// disposition the program would have after exec (the default, or ignored
+/// as sidecar-init found it) and raises it again, so it acts as it would
+/// a moment later. (posix_spawn resets handlers itself before it unblocks
+/// signals.)
 extern "C" fn on_signal(sig: libc::c_int) {
+    // SAFETY: getpid, signal and raise are async-signal-safe; errno is
+    // kept for the code the signal interrupted.
+    unsafe {
+        let own = OWN_PID.load(Ordering::Relaxed);
+        if own != 0 && libc::getpid() != own {
+            let errno = *libc::__errno_location();
+            let ignored =
+                (1..=64).contains(&sig) && IGNORED.load(Ordering::Relaxed) & (1 << (sig - 1)) != 0;
+            libc::signal(
+                sig,
+                if ignored {
+                    libc::SIG_IGN
+                } else {
+                    libc::SIG_DFL
+                },
+            );
+            // Blocked while this handler runs: delivered as it returns.
+            libc::raise(sig);
+            *libc::__errno_location() = errno;
+            return;
+        }
+    }
     if sig == libc::SIGINT {
         SIGINTS.fetch_add(1, Ordering::Relaxed);
     }
@@ -256,12 +295,16 @@ pub fn prepare_signals(tty: bool) -> Inherited {
         let mut ignored = 0u128;
         let mut unblock: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut unblock);
+        OWN_PID.store(libc::getpid(), Ordering::SeqCst);
         for sig in handled_signals() {
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
                 && old.sa_sigaction == libc::SIG_IGN
             {
                 ignored |= 1 << sig;
+                if (1..=64).contains(&sig) {
+                    IGNORED.fetch_or(1 << (sig - 1), Ordering::SeqCst);
+                }
             }
             install_handler(sig);
             libc::sigaddset(&mut unblock, sig);

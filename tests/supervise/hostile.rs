@@ -1037,6 +1037,104 @@ fn a_sigterm_pending_at_start_is_a_shutdown_before_any_spawn() {
     );
 }
 
+/// The children of `pid` whose program is sidecar-init (not exec'd yet, or
+/// sidecar-init itself under a wrapper).
+fn sidecar_children(pid: i32) -> Vec<i32> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
+        return Vec::new();
+    };
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|&p: &i32| {
+            std::fs::read_link(format!("/proc/{p}/exe"))
+                .is_ok_and(|e| e.to_string_lossy().contains("sidecar-init"))
+        })
+        .collect()
+}
+
+fn strace_traces() -> Result<(), String> {
+    match std::process::Command::new("strace")
+        .args(["-qq", "-o", "/dev/null", "true"])
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("strace cannot trace here ({s})")),
+        Err(e) => Err(format!("strace is not runnable: {e}")),
+    }
+}
+
+#[test]
+fn a_signal_reaching_a_child_between_fork_and_exec_acts_on_the_child() {
+    // A `--user` daemon is spawned by fork (posix_spawn cannot switch
+    // users), and strace holds the child for 3 s in its setpgid, between
+    // fork and exec, where it still has sidecar-init's handlers. A SIGTERM
+    // sent to it there ran sidecar-init's handler in the child up to
+    // c15f4ef: the signal was lost, the program was exec'd and ran on
+    // ("started", and exit 0 after its sleep). Measured:
+    // the child dies of it before the exec, as the program would have a
+    // moment later, and that is the daemon's exit (143).
+    let test = "a_signal_reaching_a_child_between_fork_and_exec_acts_on_the_child";
+    if !nix::unistd::geteuid().is_root() {
+        crate::harness::skip(test, "--user needs root");
+        return;
+    }
+    if need(test, "strace", strace_traces()).is_none() {
+        return;
+    }
+    // Short-lived, so that a failure leaves nothing running.
+    let procfile = "a: sh -c 'echo started; exec sleep 5'\n";
+    let mut init = Spec::procfile(procfile)
+        .wrap(&[
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "strace.log",
+            "-e",
+            "trace=setpgid,execve",
+            "-e",
+            "inject=setpgid:delay_exit=3000000",
+        ])
+        .args(&["--user", "a=65534"])
+        .start();
+    let deadline = Instant::now() + DEADLINE;
+    let strace = init.pid;
+    let child = loop {
+        if let Some(&si) = sidecar_children(strace).first() {
+            // The harness's signals and kills are for sidecar-init, not
+            // strace (which would detach and leave it running).
+            init.pid = si;
+            if let Some(&child) = sidecar_children(si).first() {
+                break child;
+            }
+        }
+        if Instant::now() > deadline {
+            init.fail("no child of sidecar-init appeared before its exec");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // SAFETY: a plain kill of a process of this test's.
+    assert_eq!(unsafe { libc::kill(child, SIGTERM) }, 0);
+    init.wait_for("a exited");
+    init.expect("a exited with code 143 (killed by SIGTERM)");
+    init.expect_not("[a] started");
+    let log = std::fs::read_to_string(init.dir.path().join("strace.log")).unwrap_or_default();
+    let mine: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with(&format!("{child} ")))
+        .collect();
+    // The premise: the signal came before any exec (not after the hold).
+    let signal = mine.iter().position(|l| l.contains("--- SIGTERM"));
+    let exec = mine.iter().position(|l| l.contains("execve("));
+    assert!(
+        signal.is_some() && exec.is_none_or(|e| e > signal.unwrap()),
+        "the SIGTERM did not come between fork and exec:\n{}\n{}",
+        mine.join("\n"),
+        init.output()
+    );
+    assert_eq!(init.wait_exit(DEADLINE), 143, "{}", init.output());
+}
+
 // --- 8. stray signals -------------------------------------------------------
 
 #[test]
