@@ -108,6 +108,8 @@ static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// between fork and exec (see [`on_signal`]); 0 until the handlers are
 /// installed.
 static OWN_PID: AtomicI32 = AtomicI32::new(0);
+/// sidecar-init's process group (it never changes it), for the same.
+static OWN_PGRP: AtomicI32 = AtomicI32::new(0);
 /// Handled signals that were ignored when sidecar-init started (bit N-1
 /// for signal N): a child gets them ignored again, also in the handler.
 static IGNORED: AtomicU64 = AtomicU64::new(0);
@@ -123,33 +125,37 @@ static IGNORED: AtomicU64 = AtomicU64::new(0);
 ///
 /// A child spawned by fork (std's path for `--user`, a main program that
 /// takes the terminal, an inherited mask or ignored signals) has this
-/// handler until its exec. A signal that reaches it in between (a ^C just
-/// after the terminal became the main program's, a `kill` of its group)
-/// is the child's, not ours: the handler then gives the signal back the
-/// disposition the program would have after exec (the default, or ignored
-/// as sidecar-init found it) and raises it again, so it acts as it would
-/// a moment later. (posix_spawn resets handlers itself before it unblocks
-/// signals.)
+/// handler until its exec. A signal that reaches it there once it has a
+/// process group of its own (a ^C just after the terminal became the main
+/// program's, a `kill` of its group or pid) is the child's, not ours: the
+/// handler gives the signal back the disposition the program would have
+/// after exec (the default, or ignored as sidecar-init found it) and
+/// raises it again, so that it acts as it would a moment later. Dropped
+/// in the child are a signal to sidecar-init's own group, before the
+/// child's `setpgid` (sidecar-init got it too, and forwards it), and
+/// SIGTSTP: stopped before its exec, the child would hold sidecar-init,
+/// which waits in `spawn` for that exec, and so everything else.
+/// (posix_spawn resets handlers itself before it unblocks signals.)
 extern "C" fn on_signal(sig: libc::c_int) {
-    // SAFETY: getpid, signal and raise are async-signal-safe; errno is
-    // kept for the code the signal interrupted.
+    // SAFETY: getpid, getpgrp, signal and raise are async-signal-safe;
+    // errno is kept for the code the signal interrupted.
     unsafe {
         let own = OWN_PID.load(Ordering::Relaxed);
         if own != 0 && libc::getpid() != own {
-            let errno = *libc::__errno_location();
-            let ignored =
-                (1..=64).contains(&sig) && IGNORED.load(Ordering::Relaxed) & (1 << (sig - 1)) != 0;
-            libc::signal(
-                sig,
-                if ignored {
+            if sig != libc::SIGTSTP && libc::getpgrp() != OWN_PGRP.load(Ordering::Relaxed) {
+                let errno = *libc::__errno_location();
+                let ignored = (1..=64).contains(&sig)
+                    && IGNORED.load(Ordering::Relaxed) & (1 << (sig - 1)) != 0;
+                let action = if ignored {
                     libc::SIG_IGN
                 } else {
                     libc::SIG_DFL
-                },
-            );
-            // Blocked while this handler runs: delivered as it returns.
-            libc::raise(sig);
-            *libc::__errno_location() = errno;
+                };
+                libc::signal(sig, action);
+                // Blocked while this handler runs: delivered as it returns.
+                libc::raise(sig);
+                *libc::__errno_location() = errno;
+            }
             return;
         }
     }
@@ -295,6 +301,7 @@ pub fn prepare_signals(tty: bool) -> Inherited {
         let mut ignored = 0u128;
         let mut unblock: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut unblock);
+        OWN_PGRP.store(libc::getpgrp(), Ordering::SeqCst);
         OWN_PID.store(libc::getpid(), Ordering::SeqCst);
         for sig in handled_signals() {
             let mut old: libc::sigaction = std::mem::zeroed();

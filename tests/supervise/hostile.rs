@@ -1037,50 +1037,55 @@ fn a_sigterm_pending_at_start_is_a_shutdown_before_any_spawn() {
     );
 }
 
-/// The children of `pid` whose program is sidecar-init (not exec'd yet, or
-/// sidecar-init itself under a wrapper).
-fn sidecar_children(pid: i32) -> Vec<i32> {
+/// The children of `pid` whose name (`/proc/PID/comm`, readable without
+/// ptrace rights, unlike `exe` of a process that switched users) is
+/// `comm`.
+fn children_named(pid: i32, comm: &str) -> Vec<i32> {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
         return Vec::new();
     };
     text.split_whitespace()
         .filter_map(|p| p.parse().ok())
         .filter(|&p: &i32| {
-            std::fs::read_link(format!("/proc/{p}/exe"))
-                .is_ok_and(|e| e.to_string_lossy().contains("sidecar-init"))
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim_end() == comm)
         })
         .collect()
 }
 
-fn strace_traces() -> Result<(), String> {
+/// strace runs here and has the syscall delay the test holds a child with
+/// (strace 4.22 and later).
+fn strace_delays() -> Result<(), String> {
     match std::process::Command::new("strace")
-        .args(["-qq", "-o", "/dev/null", "true"])
+        .args([
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "inject=setpgid:delay_exit=1",
+            "true",
+        ])
         .status()
     {
         Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("strace cannot trace here ({s})")),
+        Ok(s) => Err(format!(
+            "strace cannot trace here or has no delay_exit ({s})"
+        )),
         Err(e) => Err(format!("strace is not runnable: {e}")),
     }
 }
 
-#[test]
-fn a_signal_reaching_a_child_between_fork_and_exec_acts_on_the_child() {
-    // A `--user` daemon is spawned by fork (posix_spawn cannot switch
-    // users), and strace holds the child for 3 s in its setpgid, between
-    // fork and exec, where it still has sidecar-init's handlers. A SIGTERM
-    // sent to it there ran sidecar-init's handler in the child up to
-    // c15f4ef: the signal was lost, the program was exec'd and ran on
-    // ("started", and exit 0 after its sleep). Measured:
-    // the child dies of it before the exec, as the program would have a
-    // moment later, and that is the daemon's exit (143).
-    let test = "a_signal_reaching_a_child_between_fork_and_exec_acts_on_the_child";
+/// Starts sidecar-init under strace with one `--user` daemon, `a`, which
+/// is spawned by fork (posix_spawn cannot switch users); strace holds the
+/// child for 3 s at the end of its setpgid, between fork and exec, where
+/// it still has sidecar-init's handlers. Returns sidecar-init (its `pid`
+/// is sidecar-init's, not strace's) and the held child, or `None` after a
+/// loud skip.
+fn held_before_exec(test: &str) -> Option<(crate::harness::Init, i32)> {
     if !nix::unistd::geteuid().is_root() {
         crate::harness::skip(test, "--user needs root");
-        return;
+        return None;
     }
-    if need(test, "strace", strace_traces()).is_none() {
-        return;
-    }
+    need(test, "strace", strace_delays())?;
     // Short-lived, so that a failure leaves nothing running.
     let procfile = "a: sh -c 'echo started; exec sleep 5'\n";
     let mut init = Spec::procfile(procfile)
@@ -1099,12 +1104,29 @@ fn a_signal_reaching_a_child_between_fork_and_exec_acts_on_the_child() {
         .start();
     let deadline = Instant::now() + DEADLINE;
     let strace = init.pid;
+    // The program's name, as a fresh child before its exec has it too.
+    let comm = Path::new(crate::harness::binary())
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(15).collect::<String>())
+        .unwrap_or_default();
     let child = loop {
-        if let Some(&si) = sidecar_children(strace).first() {
+        if let Some(&si) = children_named(strace, &comm).first() {
             // The harness's signals and kills are for sidecar-init, not
             // strace (which would detach and leave it running).
             init.pid = si;
-            if let Some(&child) = sidecar_children(si).first() {
+            // Once in a process group of its own (strace holds it at the
+            // end of that setpgid): before, a signal sent to it is one to
+            // sidecar-init's group, which the child leaves to sidecar-init.
+            let own_group = |&p: &i32| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let after = &s[s.rfind(')')? + 2..];
+                        after.split(' ').nth(2)?.parse::<i32>().ok()
+                    })
+                    == Some(p)
+            };
+            if let Some(&child) = children_named(si, &comm).iter().find(|p| own_group(p)) {
                 break child;
             }
         }
@@ -1113,11 +1135,26 @@ fn a_signal_reaching_a_child_between_fork_and_exec_acts_on_the_child() {
         }
         std::thread::sleep(Duration::from_millis(2));
     };
+    Some((init, child))
+}
+
+#[test]
+fn a_signal_reaching_a_child_between_fork_and_exec_acts_on_the_child() {
+    // A SIGTERM sent to the held child ran sidecar-init's handler in the
+    // child up to c15f4ef: the signal was lost, the program was exec'd
+    // and ran on ("started", and exit 0 after its sleep). Measured: the
+    // child dies of it before the exec, as the program would have a
+    // moment later, and that is the daemon's exit (143).
+    let test = "a_signal_reaching_a_child_between_fork_and_exec_acts_on_the_child";
+    let Some((mut init, child)) = held_before_exec(test) else {
+        return;
+    };
     // SAFETY: a plain kill of a process of this test's.
     assert_eq!(unsafe { libc::kill(child, SIGTERM) }, 0);
     init.wait_for("a exited");
     init.expect("a exited with code 143 (killed by SIGTERM)");
     init.expect_not("[a] started");
+    assert_eq!(init.wait_exit(DEADLINE), 143, "{}", init.output());
     let log = std::fs::read_to_string(init.dir.path().join("strace.log")).unwrap_or_default();
     let mine: Vec<&str> = log
         .lines()
@@ -1132,7 +1169,26 @@ fn a_signal_reaching_a_child_between_fork_and_exec_acts_on_the_child() {
         mine.join("\n"),
         init.output()
     );
-    assert_eq!(init.wait_exit(DEADLINE), 143, "{}", init.output());
+}
+
+#[test]
+fn a_sigtstp_reaching_a_child_before_its_exec_does_not_hold_sidecar_init() {
+    // SIGTSTP stops by default: raised again in the held child it would
+    // stop it before its exec, and sidecar-init, waiting in spawn for that
+    // exec, would handle nothing more (not even SIGTERM) until someone
+    // sent the child SIGCONT (found by review, in a version that raised
+    // every signal again). Measured: the child drops it, execs, and a
+    // SIGTERM stops everything as usual.
+    let test = "a_sigtstp_reaching_a_child_before_its_exec_does_not_hold_sidecar_init";
+    let Some((mut init, child)) = held_before_exec(test) else {
+        return;
+    };
+    // SAFETY: a plain kill of a process of this test's.
+    assert_eq!(unsafe { libc::kill(child, libc::SIGTSTP) }, 0);
+    init.wait_for("[a] started");
+    init.signal(SIGTERM);
+    assert_eq!(init.wait_exit(DEADLINE), 0, "{}", init.output());
+    init.expect("a exited with code 0 (stopped by SIGTERM)");
 }
 
 // --- 8. stray signals -------------------------------------------------------
