@@ -309,13 +309,12 @@ pub fn prepare_signals(tty: bool) -> Inherited {
                 && old.sa_sigaction == libc::SIG_IGN
             {
                 ignored |= 1 << sig;
-                if (1..=64).contains(&sig) {
-                    IGNORED.fetch_or(1 << (sig - 1), Ordering::SeqCst);
-                }
             }
             install_handler(sig);
             libc::sigaddset(&mut unblock, sig);
         }
+        // The handler's copy: bit N-1 for signal N (signals up to 64).
+        IGNORED.store((ignored >> 1) as u64, Ordering::SeqCst);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut());
         if tty {
             let mut stops: libc::sigset_t = std::mem::zeroed();
