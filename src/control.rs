@@ -1718,24 +1718,14 @@ fn json_option(value: Option<i32>, out: &mut String) {
     }
 }
 
-/// Appends `text` as a JSON string: quoted, with `"`, `\` and every control
-/// character (U+0000 to U+001F) escaped. The input is valid UTF-8, so the
-/// output is valid JSON.
+/// Appends `text` as a JSON string: quoted, escaped as the JSON log lines
+/// are ([`crate::format::json_escape`]).
 fn json_string(text: &str, out: &mut String) {
+    let mut escaped = Vec::with_capacity(text.len());
+    crate::format::json_escape(&mut escaped, text.as_bytes());
     out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
+    // Escaped valid UTF-8 is valid UTF-8: borrowed, not copied.
+    out.push_str(&String::from_utf8_lossy(&escaped));
     out.push('"');
 }
 
